@@ -1,0 +1,122 @@
+"""Backend selection shared by every op.
+
+An op has up to three implementations: ``eager`` (plain PyTorch, the oracle in ``arc_fast.reference``),
+``triton`` (``arc_fast.kernels``) and ``cuda`` (the compiled extension ``arc_fast._C`` or its CuPy/NVRTC
+twin). The default is chosen by device:
+
+* CUDA tensors -> ``triton``
+* CPU tensors  -> ``eager``, or ``triton`` when ``TRITON_INTERPRET=1`` (the Triton interpreter runs the
+  kernels on the CPU; that is how CI tests them)
+
+``ARC_FAST_BACKEND=eager|triton|cuda`` or ``with use_backend("eager"):`` forces one. A forced backend
+that an op does not implement falls back to that op's default with a one-time warning, so that forcing
+``cuda`` for the decoder does not break the DiT.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+import warnings
+
+BACKENDS = ("eager", "triton", "cuda")
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("arc_fast_backend", default=None)
+_warned: set[tuple[str, str]] = set()
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def forced_backend() -> str | None:
+    """The backend forced by ``use_backend`` (innermost wins) or ``ARC_FAST_BACKEND``, else None."""
+    name = _forced.get()
+    if name is not None:
+        return name
+    env = os.environ.get("ARC_FAST_BACKEND", "").strip().lower()
+    if not env or env == "auto":
+        return None
+    return _check_name(env)
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force every op inside the block to ``name`` (``eager``, ``triton``, ``cuda``; None = automatic)."""
+    token = _forced.set(None if name is None else _check_name(name))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def interpreter_active() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors in Python."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_import_error() -> str | None:
+    """None when ``import triton`` works, else the reason."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'arc-fast[triton]')"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"import triton failed: {exc}"
+    return None
+
+
+def triton_unavailable_reason(device_type: str) -> str | None:
+    """Why Triton cannot run on ``device_type`` now, or None when it can."""
+    err = triton_import_error()
+    if err:
+        return err
+    if device_type == "cuda":
+        return None
+    if device_type == "cpu":
+        return None if interpreter_active() else "CPU tensors need TRITON_INTERPRET=1 for Triton kernels"
+    return f"Triton has no backend for device type {device_type!r}"
+
+
+def default_backend(device_type: str) -> str:
+    """The automatic choice for a device type (see module docstring)."""
+    if device_type == "cuda" and triton_import_error() is None:
+        return "triton"
+    if device_type == "cpu" and interpreter_active() and triton_import_error() is None:
+        return "triton"
+    return "eager"
+
+
+def pick_backend(op: str, device_type: str, implemented: tuple[str, ...] = ("eager", "triton"),
+                 requested: str | None = None) -> str:
+    """Choose the implementation of ``op`` for tensors on ``device_type``.
+
+    ``requested`` (a per-call ``backend=`` argument) is strict: an unimplemented or unusable backend
+    raises. A globally forced backend is a preference: if ``op`` lacks it, the default is used and a
+    warning is given once per (op, backend).
+    """
+    if requested is not None:
+        _check_name(requested)
+        if requested not in implemented:
+            raise NotImplementedError(f"{op}: backend {requested!r} is not implemented (have {', '.join(implemented)})")
+        if requested == "triton":
+            reason = triton_unavailable_reason(device_type)
+            if reason:
+                raise RuntimeError(f"{op}: triton backend unavailable: {reason}")
+        return requested
+    forced = forced_backend()
+    if forced is not None:
+        usable = forced in implemented and (forced != "triton" or triton_unavailable_reason(device_type) is None)
+        if usable:
+            return forced
+        if (op, forced) not in _warned:
+            _warned.add((op, forced))
+            warnings.warn(f"arc_fast: {op} cannot use forced backend {forced!r} on {device_type}; "
+                          f"using {default_backend(device_type)!r}", RuntimeWarning, stacklevel=3)
+    choice = default_backend(device_type)
+    return choice if choice in implemented else "eager"

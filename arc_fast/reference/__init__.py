@@ -1,0 +1,1 @@
+"""Eager PyTorch reference models, state-dict compatible with Stable Audio Open: the oracle."""

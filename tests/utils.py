@@ -1,0 +1,35 @@
+"""Shared comparators for parity tests (imported as ``from utils import ...``)."""
+from __future__ import annotations
+
+import torch
+
+# Rounding floor per dtype, added to the "k x PyTorch's own error" bound.
+FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _stats(out: torch.Tensor, ref: torch.Tensor) -> str:
+    d = (out.float() - ref.float())
+    nan = int(torch.isnan(out.float()).sum())
+    inf = int(torch.isinf(out.float()).sum())
+    rms = d.pow(2).mean().sqrt().item() / max(ref.float().pow(2).mean().sqrt().item(), 1e-30)
+    return f"max|diff|={d.abs().max().item():.3e} rel_rms={rms:.3e} nan={nan} inf={inf} shape={tuple(out.shape)}"
+
+
+def assert_close_to_ref(name: str, out: torch.Tensor, ref_fp32: torch.Tensor, ref_lowp: torch.Tensor | None = None,
+                        dtype: torch.dtype = torch.float32, k: float = 2.0, rtol32: float = 1e-5) -> None:
+    """Assert ``out`` is as close to the fp32 reference as PyTorch itself is in ``dtype``.
+
+    fp32: max|out - ref| <= rtol32 * max|ref| + floor. Low precision: max|out - ref| <= k * max|ref_lowp - ref|
+    + floor(dtype), where ref_lowp is the eager op run in ``dtype`` (flash-attention's rule).
+    """
+    assert out.shape == ref_fp32.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref_fp32.shape)}"
+    assert torch.isfinite(out.float()).all(), f"{name}: non-finite values; {_stats(out, ref_fp32)}"
+    err = (out.float() - ref_fp32.float()).abs().max().item()
+    scale = ref_fp32.float().abs().max().item()
+    if dtype == torch.float32 or ref_lowp is None:
+        bound = rtol32 * scale + FLOOR[torch.float32] * (1 if dtype == torch.float32 else 0) + (
+            0 if dtype == torch.float32 else FLOOR[dtype] * max(scale, 1.0))
+    else:
+        base = (ref_lowp.float() - ref_fp32.float()).abs().max().item()
+        bound = k * base + FLOOR[dtype] * max(scale, 1.0) * 0.25
+    assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e}; {_stats(out, ref_fp32)}"
