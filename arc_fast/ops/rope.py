@@ -1,0 +1,76 @@
+"""Dispatch for the standalone rotary position embedding (partial, half-split RoPE on q and k).
+
+``rope(q, k, freqs, backend=None)`` picks ``eager`` (plain PyTorch, the ``reference.functional.apply_rotary``
+maths with cos/sin shared by q and k) or ``triton`` (``arc_fast.kernels.rope``: one fused launch for q and
+k, forward and backward) through ``pick_backend``.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+from ._dispatch import pick_backend
+
+OP = "rope"
+IMPLEMENTED = ("eager", "triton")
+_warned_fallback: set[str] = set()
+
+
+def triton_module():
+    """The kernel module ``arc_fast.kernels.rope`` (imported lazily: importing the ops never imports triton).
+
+    From a source checkout that is not installed, ``arc_fast.kernels`` does not exist (setup.py maps it onto
+    ``kernels/``); the top-level ``kernels`` package is used then.
+    """
+    try:
+        return importlib.import_module("arc_fast.kernels.rope")
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("arc_fast.kernels"):
+            raise
+        return importlib.import_module("kernels.rope")
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rot = freqs.shape[-1]
+    half = rot // 2
+    freqs = freqs.float()
+    cos, sin = freqs.cos(), freqs.sin()
+    c1, c2, s1, s2 = cos[:, :half], cos[:, half:], sin[:, :half], sin[:, half:]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[..., :half].float(), x[..., half:rot].float()
+        # Same products as x*cos + rotate_half(x)*sin, without materialising rotate_half.
+        return torch.cat([(x1 * c1 - x2 * s1).to(x.dtype), (x2 * c2 + x1 * s2).to(x.dtype), x[..., rot:]], dim=-1)
+
+    return rotate(q), rotate(k)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor, backend: str | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the first rot_dim channels of every head of q and k; the remaining channels pass through.
+
+    Args:
+        q: (B, H, L, Dh) fp32/fp16/bf16 (the Triton path needs stride(-1) == 1; other strides are free).
+        k: (B, H, L, Dh), same shape and dtype as q (one angle table serves both).
+        freqs: (L, rot_dim) fp32 angle table [theta | theta] (``reference.functional.rope_freqs``),
+            rot_dim even and <= Dh.
+        backend: None (automatic: triton on CUDA or under TRITON_INTERPRET=1, else eager), "eager" or
+            "triton". A requested backend is strict; an automatic triton choice that the inputs do not
+            support falls back to eager with a one-time warning.
+
+    Returns:
+        (q_out, k_out) in q's shape and dtype; the rotation runs in fp32. Differentiable w.r.t. q and k
+        (freqs gets no gradient on the triton path).
+    """
+    name = pick_backend(OP, q.device.type, implemented=IMPLEMENTED, requested=backend)
+    if name == "triton":
+        kmod = triton_module()
+        reasons = kmod.not_supported_reasons(q, k, freqs)
+        if not reasons or backend == "triton":
+            return kmod.rope(q, k, freqs)
+        if OP not in _warned_fallback:
+            _warned_fallback.add(OP)
+            warnings.warn(f"arc_fast: {OP} falls back to eager: {'; '.join(reasons)}", RuntimeWarning, stacklevel=2)
+    return _eager(q, k, freqs)
