@@ -1,0 +1,192 @@
+"""Dispatch for the fused SnakeBeta + convolution ops of the Oobleck decoder.
+
+``snake_conv1d`` and ``snake_conv_transpose1d`` have three implementations:
+
+* ``eager``: the reference ``snake_beta`` + ``F.conv1d`` / ``F.conv_transpose1d``. When no gradient is
+  needed (``torch.no_grad``/``inference_mode`` or nothing requires grad) it computes SnakeBeta with one
+  temporary and in-place steps and adds the residual in place: the same operations in the same order as
+  the reference, so the result is bitwise equal, with fewer passes over memory (the CPU fast path);
+* ``triton``: ``arc_fast.kernels.snake_conv`` (CUDA, or CPU under ``TRITON_INTERPRET=1``);
+* ``cuda``: ``arc_fast._cuda.snake_conv1d`` / ``snake_conv_transpose1d`` (compiled extension or CuPy),
+  offered only when ``arc_fast._cuda.available()`` says so.
+
+The backend is chosen by ``arc_fast.ops.pick_backend`` (device, ``use_backend``, ``ARC_FAST_BACKEND``) unless
+a ``backend=`` argument forces one.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..reference.functional import snake_beta
+from ._dispatch import pick_backend
+
+__all__ = ["snake_conv1d", "snake_conv_transpose1d", "snake_activation", "kernel_module", "implemented_backends"]
+
+_SNAKE_EPS = 1e-9
+
+
+def kernel_module():
+    """The Triton kernel module ``arc_fast.kernels.snake_conv`` (also from a source checkout).
+
+    An installed package maps ``kernels/`` to ``arc_fast.kernels``; a plain checkout does not, so the
+    package is then loaded from ``<repo>/kernels`` under the same name (one registration of the custom ops).
+    """
+    name = "arc_fast.kernels.snake_conv"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("arc_fast.kernels", name):
+            raise
+    pkg_dir = Path(__file__).resolve().parents[2] / "kernels"
+    if "arc_fast.kernels" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("arc_fast.kernels", pkg_dir / "__init__.py",
+                                                      submodule_search_locations=[str(pkg_dir)])
+        if spec is None or spec.loader is None:
+            raise ModuleNotFoundError(f"arc_fast.kernels not found (looked in {pkg_dir})", name="arc_fast.kernels")
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules["arc_fast.kernels"] = pkg
+        spec.loader.exec_module(pkg)
+    return importlib.import_module(name)
+
+
+def _cuda_module():
+    try:
+        from .. import _cuda  # written by the CUDA helper; may not exist yet
+    except ImportError:
+        return None
+    try:
+        return _cuda if _cuda.available() else None
+    except Exception:  # noqa: BLE001 - a broken extension must not break the eager/triton paths
+        return None
+
+
+def implemented_backends() -> tuple[str, ...]:
+    """Backends this op can use in this process: eager, triton, and cuda when ``arc_fast._cuda`` is available."""
+    return ("eager", "triton", "cuda") if _cuda_module() is not None else ("eager", "triton")
+
+
+def _no_grad_needed(*tensors) -> bool:
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
+def snake_activation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """SnakeBeta (log-scale alpha/beta (C,)) on x (B, C, T) in x's dtype; one temporary when no grad is needed.
+
+    Bitwise equal to ``reference.functional.snake_beta`` (same operations, same order).
+    """
+    if not _no_grad_needed(x, alpha, beta):
+        return snake_beta(x, alpha, beta)
+    a = alpha.to(x.dtype).reshape(1, -1, 1).exp()
+    inv_b = 1.0 / (beta.to(x.dtype).reshape(1, -1, 1).exp() + _SNAKE_EPS)
+    t = x * a
+    t.sin_()
+    t.square_()
+    t.mul_(inv_b)
+    return t.add_(x)
+
+
+def _eager_conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake):
+    s = snake_activation(x, alpha, beta) if apply_snake else x
+    w = weight.to(x.dtype)
+    b = None if bias is None else bias.to(x.dtype)
+    y = F.conv1d(s, w, b, padding=dilation * (weight.shape[2] - 1) // 2, dilation=dilation)
+    if residual is None:
+        return y
+    if _no_grad_needed(x, alpha, beta, weight, bias, residual):
+        return y.add_(residual)
+    return y + residual
+
+
+def _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake):
+    s = snake_activation(x, alpha, beta) if apply_snake else x
+    b = None if bias is None else bias.to(x.dtype)
+    return F.conv_transpose1d(s, weight.to(x.dtype), b, stride=stride, padding=(stride + 1) // 2)
+
+
+def _check_common(op: str, x, weight, dilation_or_stride: int, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{op}: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be (B, Cin, T), got shape {tuple(x.shape)}")
+    if weight.dim() != 3:
+        raise ValueError(f"{op}: weight must have 3 dims, got shape {tuple(weight.shape)}")
+    if not isinstance(dilation_or_stride, int) or isinstance(dilation_or_stride, bool) or dilation_or_stride < 1:
+        raise ValueError(f"{op}: {what} must be a positive int, got {dilation_or_stride!r}")
+
+
+def snake_conv1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor | None, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None, dilation: int = 1, residual: torch.Tensor | None = None,
+                 apply_snake: bool = True, backend: str | None = None) -> torch.Tensor:
+    """y = conv1d(snake_beta(x), weight, bias, padding=dilation*(K-1)//2, dilation=dilation) + residual.
+
+    Args:
+        x: (B, Cin, T) fp32/fp16/bf16. alpha, beta: (Cin,) log-scale (unused if ``apply_snake=False``).
+        weight: (Cout, Cin, K) plain (weight norm folded), K odd. bias: (Cout,) or None.
+        residual: (B, Cout, T) or None. backend: None (automatic), "eager", "triton" or "cuda".
+
+    Returns:
+        (B, Cout, T) in x's dtype.
+    """
+    op = "snake_conv1d"
+    _check_common(op, x, weight, dilation, "dilation")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight must be (Cout, Cin={x.shape[1]}, K), got shape {tuple(weight.shape)}")
+    if weight.shape[2] % 2 != 1:
+        raise ValueError(f"{op}: kernel size must be odd for 'same' padding, got {weight.shape[2]}")
+    if apply_snake and (alpha is None or beta is None):
+        raise ValueError(f"{op}: alpha and beta are required when apply_snake=True")
+    name = pick_backend(op, x.device.type, implemented_backends(), backend)
+    if name == "triton":
+        return kernel_module().snake_conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake)
+    if name == "cuda":
+        cuda = _cuda_module()
+        if cuda is None:
+            raise RuntimeError(f"{op}: the cuda backend is not available (arc_fast._cuda.available() is False)")
+        return cuda.snake_conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake)
+    return _eager_conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake)
+
+
+def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor | None,
+                           weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 2,
+                           apply_snake: bool = True, backend: str | None = None) -> torch.Tensor:
+    """y = conv_transpose1d(snake_beta(x), weight, bias, stride=stride, padding=ceil(stride/2)).
+
+    Args:
+        x: (B, Cin, T) fp32/fp16/bf16. alpha, beta: (Cin,) log-scale (unused if ``apply_snake=False``).
+        weight: (Cin, Cout, 2*stride) plain (weight norm folded). bias: (Cout,) or None.
+        stride: positive int. backend: None (automatic), "eager", "triton" or "cuda".
+
+    Returns:
+        (B, Cout, (T-1)*stride - 2*ceil(stride/2) + 2*stride) in x's dtype (stride*T for even strides).
+    """
+    op = "snake_conv_transpose1d"
+    _check_common(op, x, weight, stride, "stride")
+    if weight.shape[0] != x.shape[1] or weight.shape[2] != 2 * stride:
+        raise ValueError(f"{op}: weight must be (Cin={x.shape[1]}, Cout, 2*stride={2 * stride}), got shape "
+                         f"{tuple(weight.shape)}")
+    if apply_snake and (alpha is None or beta is None):
+        raise ValueError(f"{op}: alpha and beta are required when apply_snake=True")
+    name = pick_backend(op, x.device.type, implemented_backends(), backend)
+    if name == "triton":
+        return kernel_module().snake_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake)
+    if name == "cuda":
+        cuda = _cuda_module()
+        if cuda is None:
+            raise RuntimeError(f"{op}: the cuda backend is not available (arc_fast._cuda.available() is False)")
+        if not apply_snake:
+            raise NotImplementedError(f"{op}: the cuda backend always applies SnakeBeta (apply_snake=False: use "
+                                      f"eager or triton)")
+        return cuda.snake_conv_transpose1d(x, alpha, beta, weight, bias, stride)
+    return _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake)
