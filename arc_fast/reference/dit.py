@@ -279,6 +279,9 @@ class DiffusionTransformer(nn.Module):
                  timestep_embed_dim: int | None = None, diffusion_objective: str = "v",
                  use_cross_attn_mask: bool = False, **kwargs):
         super().__init__()
+        # Kept so that converted modules (FastDiT.from_module) and exports rebuild the same architecture.
+        self.config_kwargs = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        self.config_kwargs.update(kwargs)
         if transformer_type != "continuous_transformer":
             raise NotImplementedError(f"transformer_type {transformer_type!r}: only 'continuous_transformer' is supported")
         if global_cond_type not in ("prepend", "adaLN"):

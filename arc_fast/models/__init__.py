@@ -1,0 +1,1 @@
+"""Fused drop-in modules: FastDiT and FastOobleckDecoder."""

@@ -1,0 +1,152 @@
+"""``FastDiT``: the Stable Audio DiT on fused ops, a drop-in for ``arc_fast.reference.DiffusionTransformer``.
+
+Same constructor arguments, same state-dict keys (it *is* the reference module tree), same ``forward``
+signature. Only the transformer trunk is re-routed through ``arc_fast.ops``:
+
+* LayerNorm (+ adaLN modulation) -> ``ops.adaln.adaln_layer_norm`` (one pass, fp32 stats)
+* self-attention -> ``ops.attention.attention`` with QK-LayerNorm and partial RoPE fused into its prologue,
+  reading q/k/v as strided views of the packed ``to_qkv`` output (no copies)
+* cross-attention -> the same kernel without RoPE (optional key-padding mask)
+* SwiGLU -> ``ops.swiglu.swiglu``; adaLN gated residual -> ``ops.adaln.gated_residual``
+
+Each op picks its backend by device (Triton on CUDA, eager on CPU, Triton under ``TRITON_INTERPRET=1``);
+``attn_backend`` selects the attention implementation (``None`` automatic, ``"triton"``, ``"eager"``/``"sdpa"``,
+``"flash_attn"``). Everything is differentiable, so ARC training runs on the same kernels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import adaln as adaln_ops
+from ..ops import attention as attn_ops
+from ..ops import swiglu as swiglu_ops
+from ..reference.dit import Attention, DiffusionTransformer, TransformerBlock
+
+
+def _self_attention(attn: Attention, h: torch.Tensor, freqs, backend) -> torch.Tensor:
+    b, n, _ = h.shape
+    heads, dh = attn.num_heads, attn.dim_heads
+    qkv = F.linear(h, attn.to_qkv.weight).view(b, n, 3, heads, dh)
+    # (B, L, 3, H, D) -> three (B, H, L, D) strided views: the kernel takes strides, nothing is copied.
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    ln = attn.qk_norm == "ln"
+    out = attn_ops.attention(
+        q, k, v, q_norm_weight=attn.q_norm.weight if ln else None, q_norm_bias=attn.q_norm.bias if ln else None,
+        k_norm_weight=attn.k_norm.weight if ln else None, k_norm_bias=attn.k_norm.bias if ln else None,
+        norm_eps=attn.q_norm.eps if ln else 1e-6, freqs=freqs, backend=backend)
+    return F.linear(out.transpose(1, 2).reshape(b, n, heads * dh), attn.to_out.weight)
+
+
+def _cross_attention(attn: Attention, h: torch.Tensor, context: torch.Tensor, context_mask, backend) -> torch.Tensor:
+    b, n, _ = h.shape
+    heads, dh, kvh = attn.num_heads, attn.dim_heads, attn.kv_heads
+    q = F.linear(h, attn.to_q.weight).view(b, n, heads, dh).transpose(1, 2)
+    kv = F.linear(context, attn.to_kv.weight).view(b, context.shape[1], 2, kvh, dh)
+    k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+    if heads != kvh:
+        rep = heads // kvh
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    ln = attn.qk_norm == "ln"
+    out = attn_ops.attention(
+        q, k, v, key_padding_mask=context_mask, q_norm_weight=attn.q_norm.weight if ln else None,
+        q_norm_bias=attn.q_norm.bias if ln else None, k_norm_weight=attn.k_norm.weight if ln else None,
+        k_norm_bias=attn.k_norm.bias if ln else None, norm_eps=attn.q_norm.eps if ln else 1e-6, backend=backend)
+    return F.linear(out.transpose(1, 2).reshape(b, n, heads * dh), attn.to_out.weight)
+
+
+def _ff(blk: TransformerBlock, h: torch.Tensor) -> torch.Tensor:
+    glu, out = blk.ff.ff[0], blk.ff.ff[2]
+    return F.linear(swiglu_ops.swiglu(F.linear(h, glu.proj.weight, glu.proj.bias)), out.weight, out.bias)
+
+
+def _norm(norm, x, scale=None, shift=None):
+    return adaln_ops.adaln_layer_norm(x, norm.gamma, scale, shift, eps=norm.eps)
+
+
+def fused_block_forward(blk: TransformerBlock, x, context=None, global_cond=None, freqs=None, context_mask=None,
+                        attn_backend=None):
+    """One transformer block on fused ops; same math as ``TransformerBlock.forward``. x (B, L, dim)."""
+    if blk.global_cond_dim is not None and global_cond is not None:
+        ssg = blk.to_scale_shift_gate + global_cond  # (B, 6*dim)
+        scale_self, shift_self, gate_self, scale_ff, shift_ff, gate_ff = ssg.chunk(6, dim=-1)
+        a = _self_attention(blk.self_attn, _norm(blk.pre_norm, x, scale_self, shift_self), freqs, attn_backend)
+        x = adaln_ops.gated_residual(x, a, gate_self, sigmoid_gate=True)
+        if context is not None and blk.cross_attend:
+            x = x + _cross_attention(blk.cross_attn, _norm(blk.cross_attend_norm, x), context, context_mask, attn_backend)
+        f = _ff(blk, _norm(blk.ff_norm, x, scale_ff, shift_ff))
+        return adaln_ops.gated_residual(x, f, gate_ff, sigmoid_gate=True)
+    x = x + _self_attention(blk.self_attn, _norm(blk.pre_norm, x), freqs, attn_backend)
+    if context is not None and blk.cross_attend:
+        x = x + _cross_attention(blk.cross_attn, _norm(blk.cross_attend_norm, x), context, context_mask, attn_backend)
+    return x + _ff(blk, _norm(blk.ff_norm, x))
+
+
+class FastDiT(DiffusionTransformer):
+    """Drop-in fused DiT. Constructor: the reference's arguments plus ``attn_backend`` (None = automatic).
+
+    forward(x (B, io_channels, T), t (B,), cross_attn_cond=(B, S, cond_token_dim), global_embed=(B, global_cond_dim),
+    ...) -> (B, io_channels, T), exactly as ``DiffusionTransformer.forward``; fp32/fp16/bf16 parameters.
+    """
+
+    def __init__(self, *args, attn_backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attn_backend = attn_backend
+        self._freqs_cache: dict = {}
+        self._check_betas_pending = True
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_check_betas_pending", True))
+        for blk in self.transformer.layers:
+            for norm in (blk.pre_norm, blk.ff_norm, getattr(blk, "cross_attend_norm", None)):
+                if norm is not None and not hasattr(norm, "gamma"):
+                    raise NotImplementedError("FastDiT needs the block LayerNorms (remove_norms=False)")
+            if blk.self_attn.qk_norm == "l2":
+                raise NotImplementedError("FastDiT supports qk_norm 'ln' and 'none' (not 'l2')")
+
+    @classmethod
+    def from_module(cls, ref: DiffusionTransformer, attn_backend: str | None = None) -> "FastDiT":
+        """Convert a loaded reference DiT (same weights, device and dtype)."""
+        if not isinstance(ref, DiffusionTransformer):
+            raise TypeError(f"expected an arc_fast.reference.DiffusionTransformer, got {type(ref).__name__}")
+        p = next(ref.parameters())
+        with torch.device("meta"):
+            fast = cls(**ref.config_kwargs, attn_backend=attn_backend)
+        fast.load_state_dict(ref.state_dict(), strict=True, assign=True)
+        fast.train(ref.training)
+        return fast.to(device=p.device, dtype=p.dtype)
+
+    def _rope(self, seq_len: int, device) -> torch.Tensor | None:
+        rot = self.transformer.rotary_pos_emb
+        if rot is None:
+            return None
+        key = (seq_len, device, rot.inv_freq.data_ptr())
+        freqs = self._freqs_cache.get(key)
+        if freqs is None:
+            self._freqs_cache = {key: rot.forward_from_seq_len(seq_len)}
+            freqs = self._freqs_cache[key]
+        return freqs
+
+    def _check_betas(self) -> None:
+        # The fused LayerNorm is bias-less; Stable Audio's beta is a zero buffer. Refuse silently-wrong weights.
+        for i, blk in enumerate(self.transformer.layers):
+            for name in ("pre_norm", "cross_attend_norm", "ff_norm"):
+                norm = getattr(blk, name, None)
+                if norm is not None and norm.beta.abs().max() != 0:
+                    raise ValueError(f"transformer.layers.{i}.{name}.beta is non-zero: FastDiT's fused LayerNorm is "
+                                     f"bias-less like Stable Audio's; use the reference DiffusionTransformer")
+        self._check_betas_pending = False
+
+    def _run_transformer(self, x, prepend_inputs, context, context_mask, global_cond, exit_layer_ix):
+        if self._check_betas_pending:
+            self._check_betas()
+        tr = self.transformer
+        x = F.linear(x, tr.project_in.weight) if isinstance(tr.project_in, torch.nn.Linear) else x
+        if prepend_inputs is not None:
+            x = torch.cat([prepend_inputs.to(x.dtype), x], dim=1)
+        freqs = self._rope(x.shape[1], x.device)
+        if global_cond is not None and tr.global_cond_embedder is not None:
+            global_cond = tr.global_cond_embedder(global_cond)
+        for i, blk in enumerate(tr.layers):
+            x = fused_block_forward(blk, x, context, global_cond, freqs, context_mask, self.attn_backend)
+            if exit_layer_ix is not None and i == exit_layer_ix:
+                return x
+        return tr.project_out(x)
