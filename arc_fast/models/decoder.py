@@ -20,7 +20,8 @@ Chunked decoding (``decode_chunked``) decodes ``chunk_size`` latent frames at a 
 context frames on each side and keeps only the core of each chunk (overlap-discard). With the default
 overlap (``context_frames()``, an upper bound of the decoder's receptive-field radius: 11 frames for SAO)
 every kept sample sees exactly the inputs it sees in a full decode, so the result equals the full decode
-up to floating-point summation order (measured: ~1e-7 relative in fp32 on CPU). Peak activation memory is
+up to floating-point summation order (measured: bitwise equal with the eager backend on CPU;
+the convolution library may pick a different algorithm for a different length elsewhere). Peak activation memory is
 that of a ``chunk_size + 2*overlap`` frame decode; ``peak_activation_bytes`` gives the analytic figure
 (SAO, 12 s stereo = 256 latent frames, batch 1, fused path: ~0.40 GB in bf16 / ~0.81 GB in fp32 for a
 full decode; 128-frame chunks: ~0.24 GB bf16).

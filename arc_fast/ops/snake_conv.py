@@ -16,9 +16,6 @@ a ``backend=`` argument forces one.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,29 +29,19 @@ _SNAKE_EPS = 1e-9
 
 
 def kernel_module():
-    """The Triton kernel module ``arc_fast.kernels.snake_conv`` (also from a source checkout).
+    """The Triton kernel module ``arc_fast.kernels.snake_conv`` (imported lazily: importing the ops never
+    imports triton).
 
-    An installed package maps ``kernels/`` to ``arc_fast.kernels``; a plain checkout does not, so the
-    package is then loaded from ``<repo>/kernels`` under the same name (one registration of the custom ops).
+    From a source checkout that is not installed, ``arc_fast.kernels`` does not exist (setup.py maps it onto
+    ``kernels/``); the top-level ``kernels`` package is used then (the same rule as the other ops, so each
+    kernel file is imported, and its custom ops registered, once).
     """
-    name = "arc_fast.kernels.snake_conv"
-    if name in sys.modules:
-        return sys.modules[name]
     try:
-        return importlib.import_module(name)
+        return importlib.import_module("arc_fast.kernels.snake_conv")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("arc_fast.kernels", name):
+        if not (exc.name or "").startswith("arc_fast.kernels"):
             raise
-    pkg_dir = Path(__file__).resolve().parents[2] / "kernels"
-    if "arc_fast.kernels" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("arc_fast.kernels", pkg_dir / "__init__.py",
-                                                      submodule_search_locations=[str(pkg_dir)])
-        if spec is None or spec.loader is None:
-            raise ModuleNotFoundError(f"arc_fast.kernels not found (looked in {pkg_dir})", name="arc_fast.kernels")
-        pkg = importlib.util.module_from_spec(spec)
-        sys.modules["arc_fast.kernels"] = pkg
-        spec.loader.exec_module(pkg)
-    return importlib.import_module(name)
+        return importlib.import_module("kernels.snake_conv")
 
 
 def _cuda_module():
