@@ -62,6 +62,19 @@ RTOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 # ---------------------------------------------------------------------------------------------------------
 # Kernel
+@triton.jit
+def _rne_bf16(x, ENABLED: tl.constexpr):
+    """Round fp32 to the nearest-even bf16 value (kept in fp32) when ENABLED.
+
+    The Triton interpreter casts fp32 -> bf16 by truncation (measured on 3.9), the GPU rounds to nearest
+    even. Rounding first makes the interpreter's truncating cast exact, so CPU tests see GPU numerics.
+    ENABLED is set only under the interpreter for bf16 outputs; on the GPU this compiles to nothing.
+    """
+    if ENABLED:
+        bits = x.to(tl.uint32, bitcast=True)
+        x = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)
+    return x
+
 # ---------------------------------------------------------------------------------------------------------
 @triton.jit
 def _rotate_tile(
@@ -72,7 +85,7 @@ def _rotate_tile(
     offs_l,           # (BLOCK_L,) positions of this tile
     c1, s1, c2, s2,   # (BLOCK_L, BLOCK_HALF) fp32 cos/sin of the two halves of the angle table
     D: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
-    HAS_PASS: tl.constexpr, TRANSPOSE: tl.constexpr,
+    HAS_PASS: tl.constexpr, TRANSPOSE: tl.constexpr, RNE_BF16: tl.constexpr,
 ):
     offs_j = tl.arange(0, BLOCK_HALF)
     mask_l = offs_l < L
@@ -89,6 +102,8 @@ def _rotate_tile(
     else:
         y1 = x1 * c1 - x2 * s1
         y2 = x2 * c2 + x1 * s2
+    y1 = _rne_bf16(y1, RNE_BF16)
+    y2 = _rne_bf16(y2, RNE_BF16)
     tl.store(y_ptr + row_out + offs_j[None, :], y1.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(y_ptr + row_out + HALF + offs_j[None, :], y2.to(y_ptr.dtype.element_ty), mask=mask)
     if HAS_PASS:
@@ -114,6 +129,7 @@ def _rope_kernel(
     BLOCK_PASS: tl.constexpr,  # next_pow2(Dh - rot_dim), >= 1
     HAS_PASS: tl.constexpr,    # Dh > rot_dim
     TRANSPOSE: tl.constexpr,   # backward: apply the transposed rotation
+    RNE_BF16: tl.constexpr,    # pre-round bf16 outputs (interpreter only)
 ):
     pid_l = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -131,9 +147,9 @@ def _rope_kernel(
     c2 = tl.cos(f2)
     s2 = tl.sin(f2)
     _rotate_tile(q_ptr, qo_ptr, b, h, H, L, sq_b, sq_h, sq_l, sq_d, offs_l, c1, s1, c2, s2,
-                 D, HALF, BLOCK_HALF, BLOCK_PASS, HAS_PASS, TRANSPOSE)
+                 D, HALF, BLOCK_HALF, BLOCK_PASS, HAS_PASS, TRANSPOSE, RNE_BF16)
     _rotate_tile(k_ptr, ko_ptr, b, h, H, L, sk_b, sk_h, sk_l, sk_d, offs_l, c1, s1, c2, s2,
-                 D, HALF, BLOCK_HALF, BLOCK_PASS, HAS_PASS, TRANSPOSE)
+                 D, HALF, BLOCK_HALF, BLOCK_PASS, HAS_PASS, TRANSPOSE, RNE_BF16)
 
 
 # Small list: the kernel is memory bound; the choice only trades occupancy against per-program overhead.
@@ -142,8 +158,13 @@ _rope_kernel_tuned = triton.autotune(
     key=["D", "HALF"],  # not L: a new sequence length must not trigger a re-tune
 )(_rope_kernel)
 
-_INTERPRETER_BLOCK_L = 16
+_INTERPRETER_BLOCK_L = 32  # the interpreter pays per operation: few, large tiles
 _MAX_GRID_YZ = 65535
+
+
+def _rne_flag(dtype: torch.dtype) -> bool:
+    """Whether kernels must pre-round bf16 outputs (see ``_rne_bf16``)."""
+    return dtype == torch.bfloat16 and interpreter_active()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +249,8 @@ def _launch(q, k, freqs, transpose: bool):
     half = freqs.shape[1] // 2
     n_pass = D - 2 * half
     meta = dict(D=D, HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
-                BLOCK_PASS=triton.next_power_of_2(max(n_pass, 1)), HAS_PASS=n_pass > 0, TRANSPOSE=transpose)
+                BLOCK_PASS=triton.next_power_of_2(max(n_pass, 1)), HAS_PASS=n_pass > 0, TRANSPOSE=transpose,
+                RNE_BF16=_rne_flag(q.dtype))
     args = (q, k, qo, ko, freqs, H, L, *q.stride(), *k.stride(), freqs.stride(0))
     if interpreter_active():
         grid = (triton.cdiv(L, _INTERPRETER_BLOCK_L), B * H)

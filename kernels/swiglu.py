@@ -48,12 +48,25 @@ ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 RTOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 _MAX_GRID_YZ = 65535
-_INTERPRETER_BLOCK_M = 8
-_INTERPRETER_BLOCK_F = 128
+_INTERPRETER_BLOCK_M = 16  # the interpreter pays per operation: few, large tiles
+_INTERPRETER_BLOCK_F = 256
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Kernels
+@triton.jit
+def _rne_bf16(x, ENABLED: tl.constexpr):
+    """Round fp32 to the nearest-even bf16 value (kept in fp32) when ENABLED.
+
+    The Triton interpreter casts fp32 -> bf16 by truncation (measured on 3.9), the GPU rounds to nearest
+    even. Rounding first makes the interpreter's truncating cast exact, so CPU tests see GPU numerics.
+    ENABLED is set only under the interpreter for bf16 outputs; on the GPU this compiles to nothing.
+    """
+    if ENABLED:
+        bits = x.to(tl.uint32, bitcast=True)
+        x = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)
+    return x
+
 # ---------------------------------------------------------------------------------------------------------
 @triton.jit
 def _swiglu_fwd_kernel(
@@ -62,6 +75,7 @@ def _swiglu_fwd_kernel(
     M, F,         # rows per batch, output features
     s_hb, s_hm,   # h strides of batch and row
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+    RNE_BF16: tl.constexpr,   # pre-round bf16 outputs (interpreter only)
 ):
     pid_m = tl.program_id(0)
     pid_f = tl.program_id(1)
@@ -72,7 +86,7 @@ def _swiglu_fwd_kernel(
     base = h_ptr + b * s_hb + rows[:, None] * s_hm + cols[None, :]
     v = tl.load(base, mask=m, other=0.0).to(tl.float32)
     g = tl.load(base + F, mask=m, other=0.0).to(tl.float32)
-    out = v * g * tl.sigmoid(g)
+    out = _rne_bf16(v * g * tl.sigmoid(g), RNE_BF16)
     tl.store(o_ptr + (b * M + rows[:, None]) * F + cols[None, :], out.to(o_ptr.dtype.element_ty), mask=m)
 
 
@@ -85,6 +99,7 @@ def _swiglu_bwd_kernel(
     s_ob, s_om, s_of,  # dout strides
     s_hb, s_hm,   # h strides
     BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr,
+    RNE_BF16: tl.constexpr,   # pre-round bf16 outputs (interpreter only)
 ):
     pid_m = tl.program_id(0)
     pid_f = tl.program_id(1)
@@ -99,6 +114,8 @@ def _swiglu_bwd_kernel(
     s = tl.sigmoid(g)
     dv = do * g * s
     dg = do * v * s * (1.0 + g * (1.0 - s))
+    dv = _rne_bf16(dv, RNE_BF16)
+    dg = _rne_bf16(dg, RNE_BF16)
     out = dh_ptr + (b * M + rows[:, None]) * (2 * F) + cols[None, :]
     tl.store(out, dv.to(dh_ptr.dtype.element_ty), mask=m)
     tl.store(out + F, dg.to(dh_ptr.dtype.element_ty), mask=m)
@@ -110,6 +127,11 @@ _CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_F": bf}, num_warps=nw)
 # Keyed on F only: the token count changes with every clip length and must not trigger a re-tune.
 _swiglu_fwd_tuned = triton.autotune(configs=_CONFIGS, key=["F"])(_swiglu_fwd_kernel)
 _swiglu_bwd_tuned = triton.autotune(configs=_CONFIGS, key=["F"])(_swiglu_bwd_kernel)
+
+
+def _rne_flag(dtype: torch.dtype) -> bool:
+    """Whether kernels must pre-round bf16 outputs (see ``_rne_bf16``)."""
+    return dtype == torch.bfloat16 and interpreter_active()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,13 +187,14 @@ def _as_bm(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------------------
-def _launch(kernel, tuned, grid_shape, args):
+def _launch(kernel, tuned, grid_shape, args, dtype):
     B, M, F = grid_shape
     if interpreter_active():
         bm, bf = _INTERPRETER_BLOCK_M, min(_INTERPRETER_BLOCK_F, triton.next_power_of_2(F))
-        kernel[(triton.cdiv(M, bm), triton.cdiv(F, bf), B)](*args, BLOCK_M=bm, BLOCK_F=bf, num_warps=1)
+        kernel[(triton.cdiv(M, bm), triton.cdiv(F, bf), B)](*args, BLOCK_M=bm, BLOCK_F=bf, num_warps=1,
+                                                              RNE_BF16=_rne_flag(dtype))
     else:
-        tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(F, m["BLOCK_F"]), B)](*args)
+        tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(F, m["BLOCK_F"]), B)](*args, RNE_BF16=False)
 
 
 def swiglu_fwd(h: torch.Tensor) -> torch.Tensor:
@@ -182,7 +205,7 @@ def swiglu_fwd(h: torch.Tensor) -> torch.Tensor:
         return out
     h3 = _as_bm(h)
     B, M, F = h3.shape[0], h3.shape[1], h3.shape[2] // 2
-    _launch(_swiglu_fwd_kernel, _swiglu_fwd_tuned, (B, M, F), (h3, out, M, F, h3.stride(0), h3.stride(1)))
+    _launch(_swiglu_fwd_kernel, _swiglu_fwd_tuned, (B, M, F), (h3, out, M, F, h3.stride(0), h3.stride(1)), h.dtype)
     return out
 
 
@@ -194,7 +217,7 @@ def swiglu_bwd(dout: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     h3, do3 = _as_bm(h), _as_bm(dout)
     B, M, F = h3.shape[0], h3.shape[1], h3.shape[2] // 2
     _launch(_swiglu_bwd_kernel, _swiglu_bwd_tuned, (B, M, F),
-            (do3, h3, dh, M, F, *do3.stride(), h3.stride(0), h3.stride(1)))
+            (do3, h3, dh, M, F, *do3.stride(), h3.stride(0), h3.stride(1)), h.dtype)
     return dh
 
 

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import warnings
 
 import torch
@@ -19,14 +19,24 @@ IMPLEMENTED = ("eager", "triton")
 _warned_fallback: set[str] = set()
 
 
+_kernel_module = None
+# setup.py installs kernels/ as arc_fast.kernels; an uninstalled source checkout only has the top-level
+# ``kernels`` package. Decided once here (finding a spec imports no triton).
+_INSTALLED_KERNELS = importlib.util.find_spec("arc_fast.kernels") is not None
+
+
 def triton_module():
     """The kernel module ``arc_fast.kernels.adaln`` (lazy; ``kernels.adaln`` in an uninstalled checkout)."""
-    try:
-        return importlib.import_module("arc_fast.kernels.adaln")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("arc_fast.kernels"):
-            raise
-        return importlib.import_module("kernels.adaln")
+    # A module global and plain import statements (no importlib, no try/except) keep this traceable by
+    # torch.compile even when the first call happens while compiling.
+    global _kernel_module
+    if _kernel_module is None:
+        if _INSTALLED_KERNELS:
+            from arc_fast.kernels import adaln as mod
+        else:
+            from kernels import adaln as mod
+        _kernel_module = mod
+    return _kernel_module
 
 
 def _per_sample(t: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ k, forward and backward) through ``pick_backend``.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import warnings
 
 import torch
@@ -18,18 +18,28 @@ IMPLEMENTED = ("eager", "triton")
 _warned_fallback: set[str] = set()
 
 
+_kernel_module = None
+# setup.py installs kernels/ as arc_fast.kernels; an uninstalled source checkout only has the top-level
+# ``kernels`` package. Decided once here (finding a spec imports no triton).
+_INSTALLED_KERNELS = importlib.util.find_spec("arc_fast.kernels") is not None
+
+
 def triton_module():
     """The kernel module ``arc_fast.kernels.rope`` (imported lazily: importing the ops never imports triton).
 
     From a source checkout that is not installed, ``arc_fast.kernels`` does not exist (setup.py maps it onto
     ``kernels/``); the top-level ``kernels`` package is used then.
     """
-    try:
-        return importlib.import_module("arc_fast.kernels.rope")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("arc_fast.kernels"):
-            raise
-        return importlib.import_module("kernels.rope")
+    # A module global and plain import statements (no importlib, no try/except) keep this traceable by
+    # torch.compile even when the first call happens while compiling.
+    global _kernel_module
+    if _kernel_module is None:
+        if _INSTALLED_KERNELS:
+            from arc_fast.kernels import rope as mod
+        else:
+            from kernels import rope as mod
+        _kernel_module = mod
+    return _kernel_module
 
 
 def _eager(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
