@@ -67,9 +67,9 @@ ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 _MAX_GRID_YZ = 65535
-_INTERPRETER_ROWS = 16         # rows per program (one tile) under the interpreter (fixed; no autotune)
-_INTERPRETER_BLOCK_L = 16      # gated residual tile under the interpreter
-_INTERPRETER_BLOCK_D = 256
+_INTERPRETER_ROWS = 32         # rows per program (one tile) under the interpreter (fixed; no autotune)
+_INTERPRETER_BLOCK_L = 32      # gated residual tile under the interpreter
+_INTERPRETER_BLOCK_D = 512
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,7 +450,8 @@ def adaln_fwd(x: torch.Tensor, gamma: Optional[torch.Tensor], scale: Optional[to
 
 
 def adaln_bwd(dy: torch.Tensor, x: torch.Tensor, gamma: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-              mean: torch.Tensor, rstd: torch.Tensor, need_sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              mean: torch.Tensor, rstd: torch.Tensor,
+              need_sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launch: returns (dx in x.dtype, sum_l dy, sum_l dy*xhat), the sums fp32 (B, D) per batch
     (B = 1 for x that is not 3-D) or empty (0,) when ``need_sums`` is False."""
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -20,8 +20,8 @@ arbitrary table (f1 != f2) still gets the exact gradient. ``freqs`` receives no 
 of positions, never learned).
 
 Shapes and dtypes:
-    q (B, H, L, Dh), k (B, H, L, Dh): same shape apart from nothing (Lq == Lk == L is required, because one
-        angle table serves both), same dtype in {fp32, fp16, bf16}, any strides with stride(-1) == 1.
+    q (B, H, L, Dh), k (B, H, L, Dh): the same shape (Lq == Lk == L, because one angle table serves both)
+        and dtype in {fp32, fp16, bf16}; any strides with stride(-1) == 1.
     freqs (L, rot_dim): fp32, rot_dim even, 2 <= rot_dim <= Dh, stride(-1) == 1.
     Outputs: new contiguous tensors of q's/k's shape and dtype. The rotation runs in fp32 and is rounded
     once to the output dtype (the oracle ``arc_fast.reference.functional.apply_rotary`` does the same).
@@ -302,7 +302,6 @@ def _setup_context(ctx, inputs, output):
     # Unpacked by name, not by position, so a signature change cannot silently shift them.
     q, k, freqs = inputs
     ctx.save_for_backward(freqs)
-    ctx.q_dtype = q.dtype
 
 
 def _backward(ctx, dq_out, dk_out):

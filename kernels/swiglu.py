@@ -48,8 +48,8 @@ ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 RTOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 _MAX_GRID_YZ = 65535
-_INTERPRETER_BLOCK_M = 16  # the interpreter pays per operation: few, large tiles
-_INTERPRETER_BLOCK_F = 256
+_INTERPRETER_BLOCK_M = 32  # the interpreter pays per operation: few, large tiles
+_INTERPRETER_BLOCK_F = 512
 
 
 # ---------------------------------------------------------------------------------------------------------
