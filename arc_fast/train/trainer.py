@@ -235,6 +235,7 @@ class ARCTrainer:
     def _build_optim(self) -> None:
         cfg = self.cfg
         kw = dict(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+        kw.update({"fused": True} if self.device.type == "cuda" else {"foreach": True})
         self.g_params = [p for p in self.G.parameters() if p.requires_grad]
         self.d_params = [p for p in self.D.parameters() if p.requires_grad]
         self.opt_g = torch.optim.AdamW(self.g_params, lr=cfg.lr_g, **kw)
@@ -404,7 +405,7 @@ class ARCTrainer:
         if D.any_rank(self.dist, bool(bad_local)):
             what = "loss_g" if is_g else "loss_d"
             raise NonFiniteLossError(
-                f"non-finite {what} ({float(loss):.4g}, grad norm {float(norm):.4g}) at step {self.step}: stopped "
+                f"non-finite {what} ({float(loss.detach()):.4g}, grad norm {float(norm):.4g}) at step {self.step}: stopped "
                 f"without updating; last good checkpoint: {self.last_checkpoint or 'none written yet'}")
         scaler.step(opt)
         scaler.update()
