@@ -311,8 +311,8 @@ class ARCTrainer:
                 d_real = disc(x_s, s, **cond).float()
             d_fake = disc(xh_s, s, **cond).float()
         loss = relativistic_g_loss(d_real, d_fake, cfg.w_gen)
-        aux = {"loss_g": loss.detach(), "d_acc": _accuracy(d_real, d_fake.detach()),
-               "d_real": d_real.mean(), "d_fake": d_fake.detach().mean(), "t_mean": t.mean(), "s_mean": s.mean()}
+        aux = {"loss_g": loss.detach(), "d_acc_g": _accuracy(d_real, d_fake.detach()),
+               "d_real_g": d_real.mean(), "d_fake_g": d_fake.detach().mean(), "t_mean": t.mean(), "s_mean": s.mean()}
         return loss, aux
 
     def _d_losses(self, x0: torch.Tensor, cond: dict, parts: dict):
