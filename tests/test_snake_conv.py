@@ -237,10 +237,24 @@ def test_ops_eager_is_reference_bitwise():
     assert torch.equal(y.detach(), ref)
     y.sum().backward()
     assert x.grad is not None
-    t = make_conv_inputs(2, 12, 6, 9, 0, seed=9, transposed=True, stride=8)
+
+
+@pytest.mark.parametrize("stride,T", [(2, 37), (3, 7), (4, 1), (8, 9)])
+def test_ops_eager_polyphase_transposed_conv(stride, T):
+    """The eager no-grad path runs the transposed conv as one polyphase conv1d (packed or not)."""
+    t = make_conv_inputs(2, 12, 6, T, 0, seed=stride, transposed=True, stride=stride)
+    args = (t["x"], t["alpha"], t["beta"], t["w"], t["bias"], stride)
+    ref = ref_tconv1d(*args)
     with torch.inference_mode():
-        out = ops.snake_conv_transpose1d(t["x"], t["alpha"], t["beta"], t["w"], t["bias"], 8, backend="eager")
-    assert torch.equal(out, ref_tconv1d(t["x"], t["alpha"], t["beta"], t["w"], t["bias"], 8))
+        out = ops.snake_conv_transpose1d(*args, backend="eager")
+        packed = ops.pack_polyphase(t["w"], t["bias"], stride)
+        out_packed = ops.snake_conv_transpose1d(*args, backend="eager", packed=packed)
+    assert out.shape == ref.shape and out.is_contiguous()
+    assert_close_to_ref("polyphase eager", out, ref)
+    assert torch.equal(out, out_packed)
+    x = t["x"].clone().requires_grad_(True)       # the autograd path is F.conv_transpose1d itself
+    y = ops.snake_conv_transpose1d(x, *args[1:], backend="eager")
+    assert torch.equal(y.detach(), ref)
 
 
 def test_ops_triton_matches_eager():

@@ -115,22 +115,26 @@ class FastOobleckDecoder(OobleckDecoder):
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
 
     @staticmethod
-    def _conv_weight(conv: nn.Module, dtype, device, k_major: bool) -> torch.Tensor:
+    def _conv_weight(conv: nn.Module, dtype, device, layout: str) -> torch.Tensor:
         w = _fold32(conv).to(device=device, dtype=dtype)
-        if k_major:
+        if layout == "k_major":
             # (Cout, Cin, K) view of a (K, Cout, Cin) buffer: Triton's weight tiles are then contiguous in Cin.
             w = w.permute(2, 0, 1).contiguous().permute(1, 2, 0)
         return w
 
     @staticmethod
-    def _tconv_weight(conv: nn.Module, dtype, device, k_major: bool) -> torch.Tensor:
+    def _tconv_weight(conv: nn.Module, dtype, device, layout: str) -> tuple:
         w = _fold32(conv).to(device=device, dtype=dtype)
-        if k_major:
+        packed = None
+        if layout == "k_major":
             # (Cin, Cout, 2S) view of a (2S, Cout, Cin) buffer (contiguous in Cin for the phase tiles).
             w = w.permute(2, 1, 0).contiguous().permute(2, 1, 0)
-        return w
+        elif layout == "eager" and not torch.is_grad_enabled():   # the packed form serves no-grad calls only
+            bias = None if conv.bias is None else conv.bias.to(device=device, dtype=dtype)
+            packed = ops.pack_polyphase(w, bias, conv.stride[0])   # the eager polyphase path
+        return w, packed
 
-    def _build_plan(self, dtype, device, k_major: bool) -> dict:
+    def _build_plan(self, dtype, device, layout: str) -> dict:
         def bias(conv):
             return None if conv.bias is None else conv.bias.to(device=device, dtype=dtype)
 
@@ -145,33 +149,33 @@ class FastOobleckDecoder(OobleckDecoder):
 
         layers = self.layers
         first = layers[0]
-        plan = {"first": (self._conv_weight(first, dtype, device, k_major), bias(first)), "blocks": []}
+        plan = {"first": (self._conv_weight(first, dtype, device, layout), bias(first)), "blocks": []}
         for blk in layers[1:-3]:
             up = blk.layers[1]
             rus = []
             for ru in blk.layers[2:5]:
                 c1, c2 = ru.layers[1], ru.layers[3]
-                rus.append((act(ru.layers[0]), self._conv_weight(c1, dtype, device, k_major), bias(c1), ru.dilation,
-                            act(ru.layers[2]), self._conv_weight(c2, dtype, device, k_major), bias(c2)))
-            plan["blocks"].append((act(blk.layers[0]), self._tconv_weight(up, dtype, device, k_major), bias(up),
+                rus.append((act(ru.layers[0]), self._conv_weight(c1, dtype, device, layout), bias(c1), ru.dilation,
+                            act(ru.layers[2]), self._conv_weight(c2, dtype, device, layout), bias(c2)))
+            plan["blocks"].append((act(blk.layers[0]), *self._tconv_weight(up, dtype, device, layout), bias(up),
                                    up.stride[0], rus))
         last = layers[-2]
-        plan["final"] = (act(layers[-3]), self._conv_weight(last, dtype, device, k_major), bias(last))
+        plan["final"] = (act(layers[-3]), self._conv_weight(last, dtype, device, layout), bias(last))
         return plan
 
-    def _plan(self, dtype, device, k_major: bool) -> dict:
+    def _plan(self, dtype, device, layout: str) -> dict:
         if self._needs_grad():
-            return self._build_plan(dtype, device, k_major)  # differentiable, never cached
+            return self._build_plan(dtype, device, layout)  # differentiable, never cached
         sig = self._signature()
         if sig != self._plan_signature:
             self._plans.clear()
             self._plan_signature = sig
-        key = (dtype, device, k_major)
+        key = (dtype, device, layout)
         if key not in self._plans:
             # Normal (non-inference) tensors even when first called under inference_mode, so that the
             # cache stays usable outside it.
             with torch.inference_mode(False), torch.no_grad():
-                self._plans[key] = self._build_plan(dtype, device, k_major)
+                self._plans[key] = self._build_plan(dtype, device, layout)
         return self._plans[key]
 
     def refold(self) -> None:
@@ -204,21 +208,23 @@ class FastOobleckDecoder(OobleckDecoder):
         return ops.snake_conv1d(h, None, None, w, b, dilation, residual, apply_snake=False, backend=backend)
 
     @staticmethod
-    def _upsample(h, act, w, b, stride, backend):
+    def _upsample(h, act, w, packed, b, stride, backend):
         if act[0] == "snake":
-            return ops.snake_conv_transpose1d(h, act[1], act[2], w, b, stride, backend=backend)
+            return ops.snake_conv_transpose1d(h, act[1], act[2], w, b, stride, backend=backend, packed=packed)
         h = F.elu(h, alpha=act[1])
-        return ops.snake_conv_transpose1d(h, None, None, w, b, stride, apply_snake=False, backend=backend)
+        return ops.snake_conv_transpose1d(h, None, None, w, b, stride, apply_snake=False, backend=backend,
+                                          packed=packed)
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """latents (B, latent_dim, T) fp32/fp16/bf16 -> audio (B, out_channels, T * prod(strides)), same dtype."""
         _check_audio_like("FastOobleckDecoder input", x, self.latent_dim, "latents")
         name = self._resolve_backend(x, backend)
-        plan = self._plan(x.dtype, x.device, k_major=(name == "triton" and x.is_cuda))
+        layout = "eager" if name == "eager" else ("k_major" if name == "triton" and x.is_cuda else "plain")
+        plan = self._plan(x.dtype, x.device, layout)
         w, b = plan["first"]
         h = self._conv(x, None, w, b, 1, None, name)
-        for act, w, b, stride, rus in plan["blocks"]:
-            h = self._upsample(h, act, w, b, stride, name)
+        for act, w, packed, b, stride, rus in plan["blocks"]:
+            h = self._upsample(h, act, w, packed, b, stride, name)
             for act1, w1, b1, dil, act2, w2, b2 in rus:
                 y = self._conv(h, act1, w1, b1, dil, None, name)
                 h = self._conv(y, act2, w2, b2, 1, h, name)

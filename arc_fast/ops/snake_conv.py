@@ -4,8 +4,10 @@
 
 * ``eager``: the reference ``snake_beta`` + ``F.conv1d`` / ``F.conv_transpose1d``. When no gradient is
   needed (``torch.no_grad``/``inference_mode`` or nothing requires grad) it computes SnakeBeta with one
-  temporary and in-place steps and adds the residual in place: the same operations in the same order as
-  the reference, so the result is bitwise equal, with fewer passes over memory (the CPU fast path);
+  temporary and in-place steps and adds the residual in place (the same operations in the same order as
+  the reference: bitwise equal, fewer passes over memory), and runs the transposed conv in polyphase form
+  as one 2-tap ``F.conv1d`` with S*Cout output channels plus an interleave (equal up to summation order;
+  1.4-3x faster than ``F.conv_transpose1d`` on CPU). This is the CPU fast path;
 * ``triton``: ``arc_fast.kernels.snake_conv`` (CUDA, or CPU under ``TRITON_INTERPRET=1``);
 * ``cuda``: ``arc_fast._cuda.snake_conv1d`` / ``snake_conv_transpose1d`` (compiled extension or CuPy),
   offered only when ``arc_fast._cuda.available()`` says so.
@@ -16,6 +18,7 @@ a ``backend=`` argument forces one.
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +26,8 @@ import torch.nn.functional as F
 from ..reference.functional import snake_beta
 from ._dispatch import pick_backend
 
-__all__ = ["snake_conv1d", "snake_conv_transpose1d", "snake_activation", "kernel_module", "implemented_backends"]
+__all__ = ["snake_conv1d", "snake_conv_transpose1d", "snake_activation", "pack_polyphase", "PolyphaseWeight",
+           "kernel_module", "implemented_backends"]
 
 _SNAKE_EPS = 1e-9
 
@@ -94,8 +98,53 @@ def _eager_conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake)
     return y + residual
 
 
-def _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake):
+class PolyphaseWeight(NamedTuple):
+    """A transposed-conv weight repacked for the eager polyphase path (``pack_polyphase``).
+
+    weight (S*Cout, Cin, 2): row r*Cout + o holds taps (r + S, r) of output channel o, i.e. phase r of the
+    output as a 2-tap conv1d over the input padded by one frame on the left; bias (S*Cout,) or None.
+    """
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: int
+    cin: int
+    cout: int
+
+
+def pack_polyphase(weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> PolyphaseWeight:
+    """Repack a (Cin, Cout, 2*stride) transposed-conv weight (and bias) for the eager polyphase path."""
+    S = int(stride)
+    cin, cout, k = weight.shape
+    if k != 2 * S:
+        raise ValueError(f"pack_polyphase: weight must be (Cin, Cout, 2*stride={2 * S}), got {tuple(weight.shape)}")
+    # Tap 0 of the 2-tap conv meets s[m - 1] (kernel index r + S), tap 1 meets s[m] (kernel index r).
+    w = torch.stack([weight[:, :, S:], weight[:, :, :S]], dim=-1)         # (Cin, Cout, S, 2)
+    w = w.permute(2, 1, 0, 3).reshape(S * cout, cin, 2).contiguous()
+    b = None if bias is None else bias.repeat(S)
+    return PolyphaseWeight(w, b, S, cin, cout)
+
+
+def _polyphase(s: torch.Tensor, packed: PolyphaseWeight) -> torch.Tensor:
+    """conv_transpose1d(s, W, b, stride=S, padding=ceil(S/2)) as one 2-tap conv1d + interleave (see kernels)."""
+    S, cout = packed.stride, packed.cout
+    B, _, T = s.shape
+    P = (S + 1) // 2
+    L = (T - 1) * S - 2 * P + 2 * S
+    M = (L - 1 + P) // S + 1
+    w = packed.weight.to(s.dtype)
+    b = None if packed.bias is None else packed.bias.to(s.dtype)
+    y = F.conv1d(F.pad(s, (1, M - T)), w, b)                              # (B, S*Cout, M): phases stacked
+    y = y.view(B, S, cout, M).permute(0, 2, 3, 1).reshape(B, cout, M * S)  # interleave: sample m*S + r
+    return y[:, :, P:P + L].contiguous()
+
+
+def _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake, packed=None):
     s = snake_activation(x, alpha, beta) if apply_snake else x
+    if _no_grad_needed(x, alpha, beta, weight, bias):
+        # CPU fast path: the polyphase conv1d is 1.4-3x faster than mkldnn's transposed conv (measured).
+        if packed is None or packed.stride != stride or packed.cin != x.shape[1]:
+            packed = pack_polyphase(weight, bias, stride)
+        return _polyphase(s, packed)
     b = None if bias is None else bias.to(x.dtype)
     return F.conv_transpose1d(s, weight.to(x.dtype), b, stride=stride, padding=(stride + 1) // 2)
 
@@ -147,13 +196,16 @@ def snake_conv1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor
 
 def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor | None,
                            weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 2,
-                           apply_snake: bool = True, backend: str | None = None) -> torch.Tensor:
+                           apply_snake: bool = True, backend: str | None = None,
+                           packed: PolyphaseWeight | None = None) -> torch.Tensor:
     """y = conv_transpose1d(snake_beta(x), weight, bias, stride=stride, padding=ceil(stride/2)).
 
     Args:
         x: (B, Cin, T) fp32/fp16/bf16. alpha, beta: (Cin,) log-scale (unused if ``apply_snake=False``).
         weight: (Cin, Cout, 2*stride) plain (weight norm folded). bias: (Cout,) or None.
         stride: positive int. backend: None (automatic), "eager", "triton" or "cuda".
+        packed: optional ``pack_polyphase(weight, bias, stride)`` result, reused by the eager path when no
+            gradient is needed (the eager path then runs the transposed conv as one polyphase conv1d).
 
     Returns:
         (B, Cout, (T-1)*stride - 2*ceil(stride/2) + 2*stride) in x's dtype (stride*T for even strides).
@@ -176,4 +228,4 @@ def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: to
             raise NotImplementedError(f"{op}: the cuda backend always applies SnakeBeta (apply_snake=False: use "
                                       f"eager or triton)")
         return cuda.snake_conv_transpose1d(x, alpha, beta, weight, bias, stride)
-    return _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake)
+    return _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake, packed)
