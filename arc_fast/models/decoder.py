@@ -142,6 +142,8 @@ class FastOobleckDecoder(OobleckDecoder):
             if _is_snake(m):
                 if not m.alpha_logscale:
                     raise NotImplementedError("FastOobleckDecoder: SnakeBeta with alpha_logscale=False")
+                if layout == "cuda":   # the CUDA kernels take every tensor in the input dtype
+                    return ("snake", m.alpha.to(dtype), m.beta.to(dtype))
                 return ("snake", m.alpha, m.beta)
             if isinstance(m, nn.ELU):
                 return ("elu", m.alpha)
@@ -219,7 +221,9 @@ class FastOobleckDecoder(OobleckDecoder):
         """latents (B, latent_dim, T) fp32/fp16/bf16 -> audio (B, out_channels, T * prod(strides)), same dtype."""
         _check_audio_like("FastOobleckDecoder input", x, self.latent_dim, "latents")
         name = self._resolve_backend(x, backend)
-        layout = "eager" if name == "eager" else ("k_major" if name == "triton" and x.is_cuda else "plain")
+        layout = {"eager": "eager", "cuda": "cuda"}.get(name, "k_major" if x.is_cuda else "plain")
+        if layout == "cuda":
+            x = x.contiguous()   # the CUDA kernels read contiguous tensors only
         plan = self._plan(x.dtype, x.device, layout)
         w, b = plan["first"]
         h = self._conv(x, None, w, b, 1, None, name)

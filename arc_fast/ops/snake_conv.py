@@ -17,6 +17,7 @@ a ``backend=`` argument forces one.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import NamedTuple
 
@@ -48,14 +49,13 @@ def kernel_module():
         return importlib.import_module("kernels.snake_conv")
 
 
+@functools.lru_cache(maxsize=1)
 def _cuda_module():
+    """``arc_fast._cuda`` when it reports available (looked up once per process), else None."""
     try:
-        from .. import _cuda  # written by the CUDA helper; may not exist yet
-    except ImportError:
-        return None
-    try:
+        from .. import _cuda
         return _cuda if _cuda.available() else None
-    except Exception:  # noqa: BLE001 - a broken extension must not break the eager/triton paths
+    except Exception:  # noqa: BLE001 - a missing or broken CUDA runtime must not break eager/triton
         return None
 
 
