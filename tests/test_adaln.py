@@ -175,6 +175,8 @@ def test_eager_backend_matches_reference():
     for inputs in ([x, gamma, scale, shift], [x, gamma, None, None], [x, None, scale, None], [x, None, None, shift]):
         got = ops_adaln.adaln_layer_norm(*inputs, eps=1e-5, backend="eager")
         torch.testing.assert_close(got, adaln_modulate(*inputs, eps=1e-5), rtol=1e-6, atol=1e-6)
+    _compare(ADALN_NAMES, lambda *t: ops_adaln.adaln_layer_norm(*t, backend="eager"), adaln_modulate,
+             [x, gamma, scale, shift], dy, torch.float32, "random")
 
 
 def _bad_adaln(**over):
@@ -315,6 +317,9 @@ def test_gated_residual_eager_backend():
         torch.testing.assert_close(ops_adaln.gated_residual(x, y, gate, sg, backend="eager"),
                                    gated_residual(x, y, gate, sg), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(ops_adaln.gated_residual(x, y, None, backend="eager"), x + y)
+    xb, yb, gb, doutb = make_residual_inputs(2, 5, 64, torch.bfloat16, seed=2)
+    _compare(GR_NAMES, lambda a, b, c: ops_adaln.gated_residual(a, b, c, True, backend="eager"),
+             lambda a, b, c: gated_residual(a, b, c, True), [xb, yb, gb], doutb, torch.bfloat16, "random")
 
 
 # ----------------------------------------------------------------------------------------------------------

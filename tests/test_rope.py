@@ -56,8 +56,8 @@ def _oracle(q, k, freqs):
     return apply_rotary(q, freqs), apply_rotary(k, freqs)
 
 
-def _check_against_oracle(q, k, freqs, dq, dk, dtype, grad):
-    out = _run(lambda a, b, f: ops_rope.rope(a, b, f, backend="triton"), q, k, freqs, dq, dk, grad)
+def _check_against_oracle(q, k, freqs, dq, dk, dtype, grad, backend="triton"):
+    out = _run(lambda a, b, f: ops_rope.rope(a, b, f, backend=backend), q, k, freqs, dq, dk, grad)
     ref = _run(_oracle, q.float(), k.float(), freqs, dq.float(), dk.float(), grad)
     low = _run(_oracle, q, k, freqs, dq, dk, grad) if dtype != torch.float32 else (None,) * 4
     for name, o, r, lo in zip(("q_out", "k_out", "dq", "dk"), out, ref, low):
@@ -118,10 +118,11 @@ def test_noncontiguous_inputs():
 
 
 def test_eager_backend_matches_reference_exactly():
-    q, k, freqs, _, _ = make_inputs(2, 2, 9, 100, 64, torch.bfloat16)
+    q, k, freqs, dq, dk = make_inputs(2, 2, 9, 100, 64, torch.bfloat16)
     qe, ke = ops_rope.rope(q, k, freqs, backend="eager")
     qr, kr = _oracle(q, k, freqs)
     assert torch.equal(qe, qr) and torch.equal(ke, kr)
+    _check_against_oracle(q, k, freqs, dq, dk, torch.bfloat16, "random", backend="eager")
 
 
 def _bad(**over):
