@@ -39,7 +39,7 @@ inline thread_local std::barrier<>* emu_barrier = nullptr;
 // Runs kernel() as a grid of (gx, gy, gz) blocks of `threads` threads with `smem_bytes` of shared memory.
 template <class Kernel>
 void emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned threads, std::size_t smem_bytes, Kernel kernel) {
-  std::vector<float> smem(smem_bytes / sizeof(float) + 4, std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> smem(smem_bytes / sizeof(float), std::numeric_limits<float>::quiet_NaN());
   for (unsigned bz = 0; bz < gz; ++bz)
     for (unsigned by = 0; by < gy; ++by)
       for (unsigned bx = 0; bx < gx; ++bx) {

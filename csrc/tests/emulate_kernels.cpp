@@ -29,23 +29,25 @@ template <typename T>
 int run(bool transposed, int B, int Cin, int Cout, long long T_len, int K, int ds, bool has_bias, bool has_res,
         int apply_snake, const char* in_path, const char* out_path) {
   std::vector<unsigned char> in = read_file(in_path);
-  const T* p = reinterpret_cast<const T*>(in.data());
-  const T* x = p;
-  p += (size_t)B * Cin * T_len;
-  const T* alpha = p;
-  p += Cin;
-  const T* beta = p;
-  p += Cin;
-  const T* weight = p;
-  p += (size_t)Cout * Cin * K;
-  const T* bias = has_bias ? p : nullptr;
-  if (has_bias) p += Cout;
-  const T* residual = has_res ? p : nullptr;
-  if (has_res) p += (size_t)B * Cout * T_len;
-  if ((const unsigned char*)p != in.data() + in.size()) {
-    std::fprintf(stderr, "input size mismatch: %zu bytes\n", in.size());
+  // Each tensor in its own heap block, so that AddressSanitizer (the test builds with it when available)
+  // reports any read past a tensor's end.
+  size_t offset = 0;
+  auto take = [&](size_t n) {
+    std::vector<T> t(n);
+    if (offset + n * sizeof(T) <= in.size()) std::memcpy(t.data(), in.data() + offset, n * sizeof(T));
+    offset += n * sizeof(T);
+    return t;
+  };
+  const std::vector<T> xv = take((size_t)B * Cin * T_len), av = take(Cin), bv = take(Cin),
+                       wv = take((size_t)Cout * Cin * K), biasv = take(has_bias ? Cout : 0),
+                       resv = take(has_res ? (size_t)B * Cout * T_len : 0);
+  if (offset != in.size()) {
+    std::fprintf(stderr, "input size mismatch: %zu bytes, expected %zu\n", in.size(), offset);
     return 3;
   }
+  const T *x = xv.data(), *alpha = av.data(), *beta = bv.data(), *weight = wv.data();
+  const T* bias = has_bias ? biasv.data() : nullptr;
+  const T* residual = has_res ? resv.data() : nullptr;
   const long long T_out = transposed ? arc_snake::convT_out_length(T_len, ds, K, arc_snake::convT_padding(ds)) : T_len;
   const int xw = transposed ? arc_snake::convT_x_width(K, ds) : arc_snake::conv1d_x_width(K, ds);
   const int ci_tile = arc_snake::pick_ci_tile(Cin, K, xw);
