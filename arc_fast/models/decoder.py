@@ -49,7 +49,8 @@ def _infer_config(ref: nn.Module) -> dict:
     """Constructor arguments of an Oobleck decoder, read from its structure (ours or stable-audio-tools')."""
     layers = getattr(ref, "layers", None)
     if not isinstance(layers, nn.Sequential) or len(layers) < 4:
-        raise TypeError(f"from_module: expected an Oobleck decoder with a 'layers' Sequential, got {type(ref).__name__}")
+        raise TypeError(f"from_module: expected an Oobleck decoder with a 'layers' Sequential, got "
+                        f"{type(ref).__name__}")
     for m in ref.modules():
         if type(m).__name__ == "Activation1d":
             raise NotImplementedError("from_module: antialias_activation=True decoders are not supported")

@@ -47,7 +47,7 @@ def _weight_norm(module: nn.Module) -> nn.Module:
 
 
 def WNConv1d(*args, **kwargs) -> nn.Conv1d:  # noqa: N802 - name of the original helper
-    """``nn.Conv1d(*args, **kwargs)`` with legacy weight norm (params ``weight_g`` (out,1,1), ``weight_v``, ``bias``)."""
+    """``nn.Conv1d(*args, **kwargs)`` with legacy weight norm (``weight_g`` (out,1,1), ``weight_v``, ``bias``)."""
     return _weight_norm(nn.Conv1d(*args, **kwargs))
 
 
