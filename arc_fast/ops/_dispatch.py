@@ -15,15 +15,14 @@ that an op does not implement falls back to that op's default with a one-time wa
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
 import importlib.util
 import os
 import warnings
 
 BACKENDS = ("eager", "triton", "cuda")
 
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("arc_fast_backend", default=None)
+# A plain module-level stack (not a ContextVar): torch.compile traces reads of module globals, not ContextVars.
+_forced_stack: list[str | None] = []
 _warned: set[tuple[str, str]] = set()
 
 
@@ -35,9 +34,8 @@ def _check_name(name: str) -> str:
 
 def forced_backend() -> str | None:
     """The backend forced by ``use_backend`` (innermost wins) or ``ARC_FAST_BACKEND``, else None."""
-    name = _forced.get()
-    if name is not None:
-        return name
+    if _forced_stack and _forced_stack[-1] is not None:
+        return _forced_stack[-1]
     env = os.environ.get("ARC_FAST_BACKEND", "").strip().lower()
     if not env or env == "auto":
         return None
@@ -47,11 +45,11 @@ def forced_backend() -> str | None:
 @contextlib.contextmanager
 def use_backend(name: str | None):
     """Force every op inside the block to ``name`` (``eager``, ``triton``, ``cuda``; None = automatic)."""
-    token = _forced.set(None if name is None else _check_name(name))
+    _forced_stack.append(None if name is None else _check_name(name))
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced_stack.pop()
 
 
 def interpreter_active() -> bool:
@@ -59,9 +57,7 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def triton_import_error() -> str | None:
-    """None when ``import triton`` works, else the reason."""
+def _probe_triton() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install 'arc-fast[triton]')"
     try:
@@ -69,6 +65,15 @@ def triton_import_error() -> str | None:
     except Exception as exc:  # noqa: BLE001
         return f"import triton failed: {exc}"
     return None
+
+
+# Probed once at import: a plain global keeps pick_backend traceable by torch.compile (no lru_cache).
+_TRITON_ERROR: str | None = _probe_triton()
+
+
+def triton_import_error() -> str | None:
+    """None when ``import triton`` works, else the reason."""
+    return _TRITON_ERROR
 
 
 def triton_unavailable_reason(device_type: str) -> str | None:
