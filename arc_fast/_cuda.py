@@ -15,7 +15,7 @@ Ops (all tensors contiguous, on one CUDA device, of one dtype among fp32/fp16/bf
 
 * ``snake_conv1d(x, alpha, beta, weight, bias=None, dilation=1, residual=None, apply_snake=True)``:
   ``conv1d(snake_beta(x), weight, bias, padding=dilation*(K-1)//2, dilation=dilation) + residual``
-* ``snake_conv_transpose1d(x, alpha, beta, weight, bias, stride)``:
+* ``snake_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake=True)``:
   ``conv_transpose1d(snake_beta(x), weight, bias, stride=stride, padding=ceil(stride/2))``
 
 with ``snake_beta(x) = x + sin(exp(alpha) x)^2 / (exp(beta) + 1e-9)`` per channel (``arc_fast.reference``).
@@ -206,7 +206,7 @@ def snake_conv1d_not_supported_reasons(x, alpha, beta, weight, bias=None, dilati
     return out
 
 
-def snake_conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride) -> list[str]:
+def snake_conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride, apply_snake=True) -> list[str]:
     """Every reason why ``snake_conv_transpose1d`` cannot run these arguments on the CUDA backend."""
     out = _x_reasons(x)
     if not isinstance(weight, torch.Tensor):
@@ -227,7 +227,8 @@ def snake_conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, s
             out.append(f"weight: kernel size {K} with stride {stride} gives an empty output")
         else:
             out += _max_window_reason("convT", Cin, K, stride)
-    out += _tensor_reasons("alpha", alpha, x, (Cin,)) + _tensor_reasons("beta", beta, x, (Cin,))
+    if apply_snake:
+        out += _tensor_reasons("alpha", alpha, x, (Cin,)) + _tensor_reasons("beta", beta, x, (Cin,))
     if bias is not None:
         out += _tensor_reasons("bias", bias, x, (Cout,))
     if Cout > 65535 * tile_config()["COUT_TILE"] or B > 65535:
@@ -257,8 +258,8 @@ class _ExtRuntime:
     def snake_conv1d(self, x, alpha, beta, weight, bias, dilation, residual, apply_snake):
         return self.conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake)
 
-    def snake_conv_transpose1d(self, x, alpha, beta, weight, bias, stride):
-        return self.convT(x, alpha, beta, weight, bias, stride)
+    def snake_conv_transpose1d(self, x, alpha, beta, weight, bias, stride, apply_snake):
+        return self.convT(x, alpha, beta, weight, bias, stride, apply_snake)
 
 
 _fakes_registered = False
@@ -273,7 +274,7 @@ def _register_ext_fakes() -> None:
     def conv1d_fake(x, alpha, beta, weight, bias=None, dilation=1, residual=None, apply_snake=True):
         return x.new_empty(conv1d_out_shape(x, weight))
 
-    def convT_fake(x, alpha, beta, weight, bias, stride):
+    def convT_fake(x, alpha, beta, weight, bias, stride, apply_snake=True):
         return x.new_empty(conv_transpose1d_out_shape(x, weight, stride))
 
     for name, fn in (("arc_fast_C::snake_conv1d", conv1d_fake), ("arc_fast_C::snake_conv_transpose1d", convT_fake)):
@@ -332,7 +333,7 @@ class _CupyRuntime:
             np.int32(1 if apply_snake else 0)))
         return y
 
-    def snake_conv_transpose1d(self, x, alpha, beta, weight, bias, stride):
+    def snake_conv_transpose1d(self, x, alpha, beta, weight, bias, stride, apply_snake):
         import numpy as np
 
         B, Cin, T = x.shape
@@ -346,7 +347,7 @@ class _CupyRuntime:
         grid = (-(-T_out // cfg["T_TILE"]), -(-Cout // cfg["COUT_TILE"]), B)
         self._launch("arc_snake_conv_transpose1d", x, grid, smem, (
             x, alpha, beta, weight, bias, y, np.int32(Cin), np.int32(Cout), np.int64(T), np.int64(T_out),
-            np.int32(K), np.int32(stride), np.int32(ci), np.int32(1)))
+            np.int32(K), np.int32(stride), np.int32(ci), np.int32(1 if apply_snake else 0)))
         return y
 
 
@@ -458,16 +459,19 @@ def snake_conv1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor
                                           weight, bias, int(dilation), residual, bool(apply_snake))
 
 
-def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor,
-                           bias: torch.Tensor | None, stride: int, *, runtime: str | None = None) -> torch.Tensor:
+def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor | None,
+                           weight: torch.Tensor, bias: torch.Tensor | None, stride: int, apply_snake: bool = True, *,
+                           runtime: str | None = None) -> torch.Tensor:
     """Fused ``conv_transpose1d(snake_beta(x), weight, bias, stride, padding=ceil(stride/2))`` (forward only).
 
     Args:
         x: (B, Cin, T) CUDA tensor, float32/float16/bfloat16, contiguous.
-        alpha, beta: (Cin,) log-scale SnakeBeta parameters, dtype of x.
+        alpha, beta: (Cin,) log-scale SnakeBeta parameters, dtype of x; ignored (may be None) when
+            ``apply_snake`` is False.
         weight: (Cin, Cout, K); the decoder uses K = 2 * stride.
         bias: (Cout,) or None.
         stride: positive int (the decoder uses 2, 4, 8).
+        apply_snake: False gives a plain transposed conv (+ bias).
         runtime: ``"ext"`` or ``"cupy"`` to force one runtime (tests); None picks the first available.
 
     Returns:
@@ -477,6 +481,7 @@ def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Ten
     Raises:
         TypeError/ValueError naming the argument; RuntimeError when no runtime is available.
     """
-    _raise_for(snake_conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride),
+    _raise_for(snake_conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride, apply_snake),
                "snake_conv_transpose1d")
-    return _runtime(runtime).snake_conv_transpose1d(x, alpha, beta, weight, bias, int(stride))
+    return _runtime(runtime).snake_conv_transpose1d(x, alpha if apply_snake else None, beta if apply_snake else None,
+                                                    weight, bias, int(stride), bool(apply_snake))

@@ -3,7 +3,7 @@
 // Importing arc_fast._C registers, through TORCH_LIBRARY, the ops
 //   torch.ops.arc_fast_C.snake_conv1d(x, alpha, beta, weight, bias=None, dilation=1, residual=None,
 //                                     apply_snake=True) -> Tensor
-//   torch.ops.arc_fast_C.snake_conv_transpose1d(x, alpha, beta, weight, bias, stride) -> Tensor
+//   torch.ops.arc_fast_C.snake_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake=True) -> Tensor
 // with CUDA kernels only (their fakes live in arc_fast/_cuda.py). The kernels launch on torch's current CUDA
 // stream, so the ops compose with streams and CUDA graphs. Semantics: csrc/snake_conv.h.
 //
@@ -92,8 +92,9 @@ at::Tensor snake_conv1d(const at::Tensor& x, const std::optional<at::Tensor>& al
   return y;
 }
 
-at::Tensor snake_conv_transpose1d(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& beta,
-                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t stride) {
+at::Tensor snake_conv_transpose1d(const at::Tensor& x, const std::optional<at::Tensor>& alpha,
+                                  const std::optional<at::Tensor>& beta, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, int64_t stride, bool apply_snake) {
   check_x(x);
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2);
   TORCH_CHECK(T >= 1, "arc_fast_C: x must have at least one time step, got ", x.sizes());
@@ -104,16 +105,21 @@ at::Tensor snake_conv_transpose1d(const at::Tensor& x, const at::Tensor& alpha, 
   TORCH_CHECK(stride >= 1 && stride <= INT_MAX, "arc_fast_C: stride must be a positive int, got ", stride);
   const int64_t T_out = (T - 1) * stride - 2 * ((stride + 1) / 2) + K;
   TORCH_CHECK(T_out >= 1, "arc_fast_C: weight: kernel size ", K, " with stride ", stride, " gives an empty output");
-  check_like_x(alpha, "alpha", x, {Cin});
-  check_like_x(beta, "beta", x, {Cin});
+  if (apply_snake) {
+    TORCH_CHECK(alpha.has_value(), "arc_fast_C: alpha is required when apply_snake is true");
+    TORCH_CHECK(beta.has_value(), "arc_fast_C: beta is required when apply_snake is true");
+    check_like_x(*alpha, "alpha", x, {Cin});
+    check_like_x(*beta, "beta", x, {Cin});
+  }
   if (bias.has_value()) check_like_x(*bias, "bias", x, {Cout});
 
   at::Tensor y = at::empty({B, Cout, T_out}, x.options());
   if (y.numel() == 0) return y;
   const c10::cuda::CUDAGuard guard(x.device());
   const int status = arc_snake_conv_transpose1d_launch(
-      dtype_code(x), x.data_ptr(), alpha.data_ptr(), beta.data_ptr(), weight.data_ptr(), ptr_or_null(bias),
-      y.data_ptr(), (int)B, (int)Cin, (int)Cout, (long long)T, (int)K, (int)stride, 1,
+      dtype_code(x), x.data_ptr(), apply_snake ? alpha->data_ptr() : nullptr,
+      apply_snake ? beta->data_ptr() : nullptr, weight.data_ptr(), ptr_or_null(bias), y.data_ptr(), (int)B,
+      (int)Cin, (int)Cout, (long long)T, (int)K, (int)stride, apply_snake ? 1 : 0,
       c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
   check_status(status, "snake_conv_transpose1d");
   return y;
@@ -125,7 +131,9 @@ TORCH_LIBRARY(arc_fast_C, m) {
   m.def(
       "snake_conv1d(Tensor x, Tensor? alpha, Tensor? beta, Tensor weight, Tensor? bias=None, int dilation=1, "
       "Tensor? residual=None, bool apply_snake=True) -> Tensor");
-  m.def("snake_conv_transpose1d(Tensor x, Tensor alpha, Tensor beta, Tensor weight, Tensor? bias, int stride) -> Tensor");
+  m.def(
+      "snake_conv_transpose1d(Tensor x, Tensor? alpha, Tensor? beta, Tensor weight, Tensor? bias, int stride, "
+      "bool apply_snake=True) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(arc_fast_C, CUDA, m) {

@@ -8,7 +8,8 @@
 //                           weight (Cout, Cin, K) with K odd, bias (Cout) or NULL, residual (B, Cout, T) or NULL
 //                           -> y (B, Cout, T) = conv1d(snake(x), weight, bias, padding=dilation*(K-1)/2,
 //                              dilation) + residual
-//   snake_conv_transpose1d: x (B, Cin, T), alpha/beta (Cin), weight (Cin, Cout, K), bias (Cout) or NULL
+//   snake_conv_transpose1d: x (B, Cin, T), alpha/beta (Cin) (ignored unless apply_snake), weight (Cin, Cout, K),
+//                           bias (Cout) or NULL
 //                           -> y (B, Cout, Tout), Tout = (T-1)*stride - 2*ceil(stride/2) + K (T*stride for
 //                              K = 2*stride and even strides) = conv_transpose1d(snake(x), weight, bias,
 //                              stride, padding=ceil(stride/2))

@@ -5,7 +5,7 @@
 //   arc_fast_csrc.snake_conv1d(dtype, x, alpha, beta, weight, bias, residual, y, B, Cin, Cout, T, K,
 //                              dilation=1, apply_snake=True, stream=0)
 //   arc_fast_csrc.snake_conv_transpose1d(dtype, x, alpha, beta, weight, bias, y, B, Cin, Cout, T, K, stride,
-//                                        stream=0)
+//                                        apply_snake=True, stream=0)
 //   arc_fast_csrc.conv_transpose1d_out_length(T, stride, K) -> int
 //   arc_fast_csrc.tile_config() -> dict
 // dtype is "float32" | "float16" | "bfloat16"; pointers are ints (0 for an absent bias/residual); shapes and
@@ -58,15 +58,15 @@ PYBIND11_MODULE(arc_fast_csrc, m) {
       "snake_conv_transpose1d",
       [](const std::string& dtype, std::uintptr_t x, std::uintptr_t alpha, std::uintptr_t beta,
          std::uintptr_t weight, std::uintptr_t bias, std::uintptr_t y, int B, int Cin, int Cout, long long T, int K,
-         int stride, std::uintptr_t stream) {
+         int stride, bool apply_snake, std::uintptr_t stream) {
         check(arc_snake_conv_transpose1d_launch(dtype_code(dtype), cptr(x), cptr(alpha), cptr(beta), cptr(weight),
-                                                cptr(bias), reinterpret_cast<void*>(y), B, Cin, Cout, T, K, stride, 1,
-                                                reinterpret_cast<void*>(stream)),
+                                                cptr(bias), reinterpret_cast<void*>(y), B, Cin, Cout, T, K, stride,
+                                                apply_snake ? 1 : 0, reinterpret_cast<void*>(stream)),
               "snake_conv_transpose1d");
       },
       py::arg("dtype"), py::arg("x"), py::arg("alpha"), py::arg("beta"), py::arg("weight"), py::arg("bias"),
       py::arg("y"), py::arg("B"), py::arg("Cin"), py::arg("Cout"), py::arg("T"), py::arg("K"), py::arg("stride"),
-      py::arg("stream") = 0,
+      py::arg("apply_snake") = true, py::arg("stream") = 0,
       "y (B, Cout, conv_transpose1d_out_length(T, stride, K)) = conv_transpose1d(snake(x), weight (Cin, Cout, K), "
       "bias, stride, padding=ceil(stride/2))");
   m.def(

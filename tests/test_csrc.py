@@ -248,12 +248,13 @@ CONV1D_CASES = [  # B, Cin, Cout, T, K, dilation, bias, residual, apply_snake
     pytest.param(1, 33, 65, 129, 1, 1, True, True, True, id="B1-Ci33-Co65-T129-k1-res"),
     pytest.param(2, 6, 20, 64, 3, 1, True, False, False, id="B2-Ci6-Co20-T64-k3-nosnake"),
 ]
-CONVT_CASES = [  # B, Cin, Cout, T, stride, K, bias
-    pytest.param(2, 37, 20, 19, 2, 4, True, id="B2-Ci37-Co20-T19-s2"),
-    pytest.param(1, 24, 70, 33, 4, 8, True, id="B1-Ci24-Co70-T33-s4"),
-    pytest.param(2, 13, 9, 17, 8, 16, False, id="B2-Ci13-Co9-T17-s8-nobias"),
-    pytest.param(1, 10, 7, 11, 3, 6, True, id="B1-Ci10-Co7-T11-s3-generic-phase"),
-    pytest.param(1, 5, 3, 7, 4, 5, True, id="B1-Ci5-Co3-T7-s4-k5"),
+CONVT_CASES = [  # B, Cin, Cout, T, stride, K, bias, apply_snake
+    pytest.param(2, 37, 20, 19, 2, 4, True, True, id="B2-Ci37-Co20-T19-s2"),
+    pytest.param(1, 24, 70, 33, 4, 8, True, True, id="B1-Ci24-Co70-T33-s4"),
+    pytest.param(2, 13, 9, 17, 8, 16, False, True, id="B2-Ci13-Co9-T17-s8-nobias"),
+    pytest.param(1, 10, 7, 11, 3, 6, True, True, id="B1-Ci10-Co7-T11-s3-generic-phase"),
+    pytest.param(1, 5, 3, 7, 4, 5, True, True, id="B1-Ci5-Co3-T7-s4-k5"),
+    pytest.param(1, 6, 4, 9, 4, 8, True, False, id="B1-Ci6-Co4-T9-s4-nosnake"),
 ]
 
 
@@ -269,12 +270,13 @@ def test_emulated_snake_conv1d(emulator, tmp_path, B, Cin, Cout, T, K, dilation,
 
 @requires_gxx
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("B,Cin,Cout,T,stride,K,bias", CONVT_CASES)
-def test_emulated_snake_conv_transpose1d(emulator, tmp_path, B, Cin, Cout, T, stride, K, bias, dtype):
+@pytest.mark.parametrize("B,Cin,Cout,T,stride,K,bias,apply_snake", CONVT_CASES)
+def test_emulated_snake_conv_transpose1d(emulator, tmp_path, B, Cin, Cout, T, stride, K, bias, apply_snake, dtype):
     inp = make_inputs("convT", B, Cin, Cout, T, K, dtype, seed=B * 1000 + Cin + T, bias=bias)
-    out = _emulate(emulator, tmp_path, "convT", inp, dtype, [B, Cin, Cout, T, K, stride, int(bias), 1])
+    out = _emulate(emulator, tmp_path, "convT", inp, dtype, [B, Cin, Cout, T, K, stride, int(bias), int(apply_snake)])
     t_out = _cuda.conv_transpose1d_out_length(T, stride, K)
-    check_against_eager("snake_conv_transpose1d(emulated)", out.view(B, Cout, t_out), "convT", inp, dtype, stride)
+    check_against_eager("snake_conv_transpose1d(emulated)", out.view(B, Cout, t_out), "convT", inp, dtype, stride,
+                        apply_snake)
 
 
 # --------------------------------------------------------------------------------- NVRTC (no GPU)
@@ -376,11 +378,12 @@ GPU_CONV1D = [  # B, Cin, Cout, T, K, dilation, bias, residual, apply_snake
     pytest.param(1, 64, 2048, 258, 7, 1, True, False, False, id="real-first-conv-nosnake"),
     pytest.param(1, 128, 2, 65536, 7, 1, False, False, True, id="real-final-conv-nobias"),
 ]
-GPU_CONVT = [  # B, Cin, Cout, T, stride, K, bias
-    pytest.param(2, 37, 20, 61, 4, 8, True, id="small-s4"),
-    pytest.param(1, 2048, 1024, 258, 8, 16, True, id="real-2048to1024-s8"),
-    pytest.param(1, 256, 128, 8256, 4, 8, True, id="real-256to128-s4"),
-    pytest.param(1, 128, 128, 33024, 2, 4, True, id="real-128to128-s2"),
+GPU_CONVT = [  # B, Cin, Cout, T, stride, K, bias, apply_snake
+    pytest.param(2, 37, 20, 61, 4, 8, True, True, id="small-s4"),
+    pytest.param(2, 9, 5, 30, 8, 16, False, False, id="small-s8-nosnake-nobias"),
+    pytest.param(1, 2048, 1024, 258, 8, 16, True, True, id="real-2048to1024-s8"),
+    pytest.param(1, 256, 128, 8256, 4, 8, True, True, id="real-256to128-s4"),
+    pytest.param(1, 128, 128, 33024, 2, 4, True, True, id="real-128to128-s2"),
 ]
 
 
@@ -408,14 +411,14 @@ def test_gpu_snake_conv1d(runtime, dtype, B, Cin, Cout, T, K, dilation, bias, re
 @requires_cuda
 @pytest.mark.parametrize("runtime", ["ext", "cupy"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("B,Cin,Cout,T,stride,K,bias", GPU_CONVT)
-def test_gpu_snake_conv_transpose1d(runtime, dtype, B, Cin, Cout, T, stride, K, bias):
+@pytest.mark.parametrize("B,Cin,Cout,T,stride,K,bias,apply_snake", GPU_CONVT)
+def test_gpu_snake_conv_transpose1d(runtime, dtype, B, Cin, Cout, T, stride, K, bias, apply_snake):
     _gpu_runtime_or_skip(runtime)
     inp = make_inputs("convT", B, Cin, Cout, T, K, dtype, seed=T + Cin, bias=bias)
     inp = {k: (v.cuda() if v is not None else None) for k, v in inp.items()}
     out = _cuda.snake_conv_transpose1d(inp["x"], inp["alpha"], inp["beta"], inp["weight"], inp["bias"], stride,
-                                       runtime=runtime)
-    check_against_eager(f"snake_conv_transpose1d[{runtime}]", out, "convT", inp, dtype, stride)
+                                       apply_snake, runtime=runtime)
+    check_against_eager(f"snake_conv_transpose1d[{runtime}]", out, "convT", inp, dtype, stride, apply_snake)
 
 
 @pytest.mark.gpu
@@ -430,7 +433,7 @@ def test_gpu_ext_ops_opcheck():
     inp = make_inputs("convT", 2, 5, 6, 40, 8, torch.float32, seed=4)
     inp = {k: v.cuda() for k, v in inp.items() if v is not None}
     torch.library.opcheck(torch.ops.arc_fast_C.snake_conv_transpose1d.default,
-                          (inp["x"], inp["alpha"], inp["beta"], inp["weight"], inp["bias"], 4),
+                          (inp["x"], inp["alpha"], inp["beta"], inp["weight"], inp["bias"], 4, True),
                           test_utils=("test_schema", "test_faketensor"))
 
 
