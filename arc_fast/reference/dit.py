@@ -399,7 +399,8 @@ class DiffusionTransformer(nn.Module):
         if prepend_cond_mask is not None:
             prepend_cond_mask = prepend_cond_mask.bool()
 
-        if cfg_dropout_prob > 0.0:
+        # As the reference: conditioning dropout only in the unguided (training) call.
+        if cfg_dropout_prob > 0.0 and cfg_scale == 1.0:
             if cross_attn_cond is not None:
                 drop = torch.bernoulli(torch.full((cross_attn_cond.shape[0], 1, 1), cfg_dropout_prob,
                                                   device=x.device)).bool()
