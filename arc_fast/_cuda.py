@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -163,6 +164,8 @@ def _x_reasons(x) -> list[str]:
         out.append(f"x: expected dtype float32, float16 or bfloat16, got {x.dtype}")
     if x.dim() != 3:
         out.append(f"x: expected shape (B, Cin, T), got {tuple(x.shape)}")
+    elif x.shape[1] < 1:
+        out.append(f"x: expected at least one input channel, got shape {tuple(x.shape)}")
     elif not x.is_contiguous():
         out.append(f"x: expected a contiguous tensor, got strides {x.stride()}")
     return out
@@ -286,6 +289,12 @@ def _register_ext_fakes() -> None:
     _fakes_registered = True
 
 
+# arc_fast._C names this module in m.set_python_module: torch imports it when it needs the fakes of an op of an
+# already loaded extension, so register them at import in that case (never importing _C from here).
+if "arc_fast._C" in sys.modules:
+    _register_ext_fakes()
+
+
 class _CupyRuntime:
     name = "cupy"
 
@@ -301,6 +310,8 @@ class _CupyRuntime:
 
     def _stream(self, device: torch.device):
         ptr = torch.cuda.current_stream(device).cuda_stream
+        if ptr == 0:  # torch's default (legacy) stream is CuPy's null stream
+            return self.cupy.cuda.Stream.null
         key = (device.index, ptr)
         s = self._streams.get(key)
         if s is None:

@@ -128,6 +128,8 @@ at::Tensor snake_conv_transpose1d(const at::Tensor& x, const std::optional<at::T
 }  // namespace
 
 TORCH_LIBRARY(arc_fast_C, m) {
+  // The fakes (shape functions for torch.compile / FakeTensor) are registered by this Python module.
+  m.set_python_module("arc_fast._cuda");
   m.def(
       "snake_conv1d(Tensor x, Tensor? alpha, Tensor? beta, Tensor weight, Tensor? bias=None, int dilation=1, "
       "Tensor? residual=None, bool apply_snake=True) -> Tensor");

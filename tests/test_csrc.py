@@ -19,10 +19,13 @@ import ctypes.util
 import glob
 import math
 import os
+import re
 import shutil
 import site
 import subprocess
 import sys
+import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -367,6 +370,56 @@ def test_csrc_is_found_and_pasted():
     src = _cuda.nvrtc_source()
     assert '#include "snake_math.h"' not in src and "ARC_SC_T_TILE" in src
     assert _cuda.tile_config()["T_TILE"] % _cuda.tile_config()["TN"] == 0
+
+
+def _kernel_param_types(kernel: str) -> list[str]:
+    """Parameter types of an extern "C" kernel as declared in csrc/snake_conv.cu (TYPE* -> 'ptr')."""
+    src = (CSRC / "snake_conv.cu").read_text()
+    m = re.search(kernel + r"_##SUFFIX\((.*?)\)\s*\{", src, flags=re.S)
+    assert m, f"{kernel} not found in snake_conv.cu"
+    params = [" ".join(p.replace("\\", " ").split()) for p in m.group(1).split(",")]
+    return ["ptr" if "*" in p else p.rsplit(" ", 1)[0] for p in params]
+
+
+def test_cupy_runtime_packs_arguments_as_the_kernels_declare(monkeypatch):
+    """The CuPy path passes raw values: their order, C types and the launch plan must match the kernels."""
+    np = pytest.importorskip("numpy")
+    calls = []
+
+    class FakeModule:
+        def __init__(self, code, options):
+            assert '#include "snake_math.h"' not in code and tuple(options) == _cuda.NVRTC_OPTIONS
+
+        def get_function(self, name):
+            return lambda grid, block, args, shared_mem=0: calls.append((name, grid, block, args, shared_mem))
+
+    fake = types.SimpleNamespace(RawModule=FakeModule, cuda=types.SimpleNamespace(Device=lambda i: nullcontext()))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_cuda._CupyRuntime, "_stream", lambda self, device: nullcontext())
+    rt = _cuda._CupyRuntime()
+    c_types = {"ptr": np.uint64, "int": np.int32, "long long": np.int64}
+
+    inp = make_inputs("conv1d", 2, 37, 70, 150, 7, torch.bfloat16, seed=0, residual=False)
+    y = rt.snake_conv1d(inp["x"], inp["alpha"], inp["beta"], inp["weight"], inp["bias"], 3, None, True)
+    name, grid, block, args, smem = calls.pop()
+    assert name == "arc_snake_conv1d_bf16" and y.shape == (2, 70, 150)
+    assert [type(a) for a in args] == [c_types[t] for t in _kernel_param_types("arc_snake_conv1d")]
+    ptrs = [inp[k].data_ptr() for k in ("x", "alpha", "beta", "weight", "bias")] + [0, y.data_ptr()]
+    assert [int(a) for a in args[:7]] == ptrs
+    _, ci, plan_smem = _cuda.plan_launch("conv1d", 37, 7, 3)
+    assert [int(a) for a in args[7:]] == [37, 70, 150, 7, 3, ci, 1]
+    assert grid == (2, 2, 2) and block == (256,) and smem == plan_smem
+
+    inp = make_inputs("convT", 1, 24, 70, 33, 8, torch.float16, seed=1)
+    y = rt.snake_conv_transpose1d(inp["x"], None, None, inp["weight"], inp["bias"], 4, False)
+    name, grid, block, args, smem = calls.pop()
+    assert name == "arc_snake_conv_transpose1d_f16" and y.shape == (1, 70, 132)
+    assert [type(a) for a in args] == [c_types[t] for t in _kernel_param_types("arc_snake_conv_transpose1d")]
+    assert [int(a) for a in args[:6]] == [inp["x"].data_ptr(), 0, 0, inp["weight"].data_ptr(), inp["bias"].data_ptr(),
+                                          y.data_ptr()]
+    _, ci, plan_smem = _cuda.plan_launch("convT", 24, 8, 4)
+    assert [int(a) for a in args[6:]] == [24, 70, 33, 132, 8, 4, ci, 0]
+    assert grid == (2, 2, 1) and smem == plan_smem
 
 
 # --------------------------------------------------------------------------------------- GPU
