@@ -224,8 +224,5 @@ def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: to
         cuda = _cuda_module()
         if cuda is None:
             raise RuntimeError(f"{op}: the cuda backend is not available (arc_fast._cuda.available() is False)")
-        if not apply_snake:
-            raise NotImplementedError(f"{op}: the cuda backend always applies SnakeBeta (apply_snake=False: use "
-                                      f"eager or triton)")
-        return cuda.snake_conv_transpose1d(x, alpha, beta, weight, bias, stride)
+        return cuda.snake_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake)
     return _eager_conv_transpose1d(x, alpha, beta, weight, bias, stride, apply_snake, packed)
