@@ -24,10 +24,10 @@ DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in K.SUPPORTED_
 # --------------------------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------------------------
-def make_inputs(B, H, Lq, Lk, D, *, q_norm=False, k_norm=False, bias=True, rope=False, mask=None, seed=0,
+def make_inputs(B, H, Lq, Lk, D, *, q_norm=False, k_norm=False, bias=True, rope=False, rot=None, mask=None, seed=0,
                 device="cpu"):
-    """fp32 leaf tensors with non-zero means and realistic scales. mask: None | "random" | "row" (random keys
-    plus one batch element with every key masked)."""
+    """fp32 leaf tensors with non-zero means and realistic scales. rope: rotate ``rot`` channels (default D/2, the
+    DiT's rule). mask: None | "random" | "row" (random keys plus one batch element with every key masked)."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, mean=0.0, std=1.0):
@@ -50,7 +50,7 @@ def make_inputs(B, H, Lq, Lk, D, *, q_norm=False, k_norm=False, bias=True, rope=
         t.requires_grad_(True)
     if rope:
         assert Lq == Lk
-        rot = max(D // 2, 8)
+        rot = rot or D // 2
         inv_freq = 1.0 / (10000 ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot))
         x["freqs"] = ref.rope_freqs(Lq, inv_freq, offset=3).to(device)
     if mask is not None:
@@ -127,6 +127,8 @@ CASES = [
                  id="cross-norm-nobias-mask-Lq1-Lk19-D32"),
     pytest.param(1, 2, 17, 19, 32, dict(), id="plain-Lq17-Lk19-D32"),
     pytest.param(1, 2, 1, 1, 64, dict(rope=True, k_norm=True), id="rope-knorm-only-L1-D64"),
+    pytest.param(1, 1, 6, 6, 32, dict(rope=True, rot=32), id="full-rotary-L6-D32"),
+    pytest.param(1, 1, 5, 5, 128, dict(q_norm=True, k_norm=True, rope=True), id="self-norm-rope-L5-D128"),
 ]
 
 
@@ -204,13 +206,16 @@ def test_lse_and_empty_rows():
     """The saved log-sum-exp is the natural lse of the scaled masked scores; +inf for a row without keys."""
     x = make_inputs(2, 1, 5, 19, 16, mask="row", seed=5)
     q, k, v, m = (x[n].detach() for n in ("q", "k", "v", "key_padding_mask"))
-    o, lse = K.attention_fwd(q, k, v, key_padding_mask=m)
+    o, lse, o_acc = K.attention_fwd(q, k, v, key_padding_mask=m)
     s = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(16)
     s = s.masked_fill(~m[:, None, None, :], float("-inf"))
     expect = torch.logsumexp(s, dim=-1)
     torch.testing.assert_close(lse[0], expect[0], rtol=1e-5, atol=1e-5)
     assert torch.isinf(lse[1]).all() and (lse[1] > 0).all()
-    assert lse.dtype == torch.float32 and o.is_contiguous()
+    assert lse.dtype == torch.float32 and o.is_contiguous() and o_acc.numel() == 0  # fp32: O itself is fp32
+    o16, _, acc16 = K.attention_fwd(q.half(), k.half(), v.half(), key_padding_mask=m)
+    assert o16.dtype == torch.float16 and acc16.dtype == torch.float32
+    assert torch.equal(acc16.half(), o16)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -269,7 +274,7 @@ def test_opcheck():
     args = (x["q"], x["k"], x["v"], x["key_padding_mask"], x["q_norm_weight"], x["q_norm_bias"], x["k_norm_weight"],
             x["k_norm_bias"], x["freqs"], 1e-6, 0.25)
     torch.library.opcheck(torch.ops.arc_fast.attention_fwd.default, args)
-    o, lse = torch.ops.arc_fast.attention_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    o, lse, _ = torch.ops.arc_fast.attention_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args])
     bargs = (torch.randn_like(o), *[a.detach() for a in args[:3]], o, lse, *[a.detach() for a in args[3:9]], 1e-6,
              0.25)
     torch.library.opcheck(torch.ops.arc_fast.attention_bwd.default, bargs,
