@@ -19,9 +19,9 @@ input dtype; the attention kernels then read q', k'. (Fusing it into the attenti
 per block; one O(L D) pass is cheaper.)
 
 Forward: one program per (query block, b*h), online softmax in base 2 (``exp2``, the scale folded with log2 e
-after the dot). Saves O and the natural log-sum-exp ``lse`` (B, H, Lq) fp32 (``+inf`` for a row with no key, so
-that ``exp(s - lse) = 0`` in the backward); no Lq x Lk matrix is stored. q', k' are not saved: the backward
-recomputes them from the raw inputs.
+after the dot). Saves O (in fp32 for fp16/bf16 inputs: see ``attention_fwd``) and the natural log-sum-exp
+``lse`` (B, H, Lq) fp32 (``+inf`` for a row with no key, so that ``exp(s - lse) = 0`` in the backward); no
+Lq x Lk matrix is stored. q', k' are not saved: the backward recomputes them from the raw inputs.
 
 Backward (flash-attention 2):
     delta = rowsum(dO * O)                                       (_attn_bwd_preprocess_kernel)
@@ -51,6 +51,7 @@ References: Dao, "FlashAttention-2" (2023); the Triton fused-attention tutorial 
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -81,13 +82,9 @@ IS_DETERMINISTIC = True  # no atomics: norm-param grads are reduced from per-pro
 ATOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 RTOL = {torch.float32: 3e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
-_LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -540,9 +537,9 @@ def _row_block(D: int) -> int:
 
 
 def _buf_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the kernels' output buffers. The interpreter rounds fp32 -> bf16 casts toward zero (and its
-    'rtne' mode can corrupt values whose mantissa carries into the exponent; Triton 3.9, measured), so under it
-    bf16 results are written in fp32 and rounded by torch. On GPU: the I/O dtype itself."""
+    """Dtype of the kernels' output buffers. The interpreter truncates fp32 -> bf16 casts (1.999 -> 1.992, even
+    with fp_downcast_rounding="rtne"; Triton 3.9, measured), which doubled the bf16 error, so under it bf16
+    results are written in fp32 and rounded to nearest by torch. On GPU: the I/O dtype itself."""
     if dtype == torch.bfloat16 and _interpreting():
         return torch.float32
     return dtype
@@ -633,7 +630,8 @@ def _problems(q, k, v, key_padding_mask=None, q_norm_weight=None, q_norm_bias=No
         out.append((ValueError, "k_norm_bias: given without k_norm_weight (the norm runs only with a weight)"))
     if freqs is not None:
         if not isinstance(freqs, torch.Tensor) or freqs.dtype != torch.float32:
-            out.append((TypeError, f"freqs: expected a float32 tensor, got {getattr(freqs, 'dtype', type(freqs).__name__)}"))
+            got = getattr(freqs, "dtype", type(freqs).__name__)
+            out.append((TypeError, f"freqs: expected a float32 tensor, got {got}"))
         elif freqs.dim() != 2 or freqs.shape[0] != Lq or freqs.shape[1] % 2 or not 0 < freqs.shape[1] <= D:
             out.append((ValueError, f"freqs: expected shape (Lq, R) = ({Lq}, R) with R even and 0 < R <= {D}, "
                                     f"got {tuple(freqs.shape)}"))
@@ -915,8 +913,9 @@ def _setup_context(ctx, inputs, output):
      scale) = inputs
     o, lse, o_acc = output
     # delta = rowsum(dO * O) is taken from the fp32 O when there is one (see attention_fwd).
-    ctx.save_for_backward(q, k, v, o_acc if o_acc.numel() else o, lse, key_padding_mask, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias,
-                          freqs)
+    o_bwd = o if q.dtype == torch.float32 else o_acc
+    ctx.save_for_backward(q, k, v, o_bwd, lse, key_padding_mask, q_norm_weight, q_norm_bias, k_norm_weight,
+                          k_norm_bias, freqs)
     ctx.norm_eps = norm_eps
     ctx.scale = scale
 
