@@ -41,7 +41,8 @@ Shapes and dtypes:
     Output (B, H, Lq, D) in q.dtype, contiguous. Gradients in each input's dtype; freqs and the mask get none.
 
 GPU: native fp16/bf16 tensor-core dots with fp32 accumulation; fp32 inputs use IEEE fp32 dots, or TF32 dots when
-``torch.backends.cuda.matmul.allow_tf32`` is set (~3e-4 relative), like torch.matmul.
+``torch.backends.cuda.matmul.allow_tf32`` is set (~3e-4 relative), like torch.matmul. Block sizes are autotuned
+per (Lq, Lk, D, mask, dtype) on first use; ``ARC_FAST_AUTOTUNE=0`` pins one config instead.
 Under ``TRITON_INTERPRET=1`` (CPU tests) every operand is upcast to fp32 right after loading and the dots run in
 fp32 (the interpreter computes bf16 arithmetic wrongly), with one fixed 16 x 16 block config; bf16 results are
 written to fp32 buffers there and rounded by torch (the interpreter's fp32 -> bf16 cast truncates).
@@ -514,18 +515,22 @@ def _gpu_configs(fwd: bool):
     if fwd:
         shapes = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3)]
     else:
-        shapes = [(64, 64, 4, 2), (32, 64, 4, 2), (64, 64, 8, 3), (64, 128, 8, 2), (32, 32, 4, 3)]
+        shapes = [(32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 3), (64, 128, 8, 2), (32, 32, 4, 3)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-if _interpreting():
-    _fwd = _attn_fwd_kernel
-    _dkdv = _attn_bwd_dkdv_kernel
-    _dq = _attn_bwd_dq_kernel
-else:
+def _autotune_enabled() -> bool:
+    return not _interpreting() and os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0"
+
+
+if _autotune_enabled():
     _fwd = triton.autotune(configs=_gpu_configs(True), key=_KEYS)(_attn_fwd_kernel)
     _dkdv = triton.autotune(configs=_gpu_configs(False), key=_KEYS)(_attn_bwd_dkdv_kernel)
     _dq = triton.autotune(configs=_gpu_configs(False), key=_KEYS)(_attn_bwd_dq_kernel)
+else:
+    _fwd = _attn_fwd_kernel
+    _dkdv = _attn_bwd_dkdv_kernel
+    _dq = _attn_bwd_dq_kernel
 
 
 def _row_block(D: int) -> int:
@@ -552,11 +557,15 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _block_kwargs() -> dict:
-    """Explicit block sizes under the interpreter; on GPU the autotuner supplies them."""
+def _block_kwargs(fwd: bool) -> dict:
+    """Launch meta-parameters: the autotuner supplies them on GPU; ``ARC_FAST_AUTOTUNE=0`` pins the first config
+    of the list (no first-call tuning, e.g. for quick GPU test runs); the interpreter uses 16 x 16 blocks."""
     if _interpreting():
         return {"BLOCK_M": _INTERP_BLOCK, "BLOCK_N": _INTERP_BLOCK}
-    return {}
+    if _autotune_enabled():
+        return {}
+    cfg = _gpu_configs(fwd)[0]
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -781,7 +790,7 @@ def attention_fwd(q, k, v, key_padding_mask=None, q_norm_weight=None, q_norm_bia
         smb, sml,
         H, Lq, Lk, scale,
         D=D, HAS_MASK=key_padding_mask is not None, DOT_FP32=_interpreting() or not lowp,
-        PREC=_dot_precision(q_dtype), STORE_O=store_o, STORE_O32=lowp, **_block_kwargs(),
+        PREC=_dot_precision(q_dtype), STORE_O=store_o, STORE_O32=lowp, **_block_kwargs(True),
     )
     return (o if store_o else o_acc.to(q_dtype)), lse, o_acc
 
@@ -847,7 +856,7 @@ def attention_bwd(do, q, k, v, o, lse, key_padding_mask=None, q_norm_weight=None
             H, Lq, Lk, scale,
         )
         flags = dict(D=D, HAS_MASK=key_padding_mask is not None, DOT_FP32=_interpreting() or q.dtype == torch.float32,
-                     PREC=_dot_precision(q.dtype), **_block_kwargs())
+                     PREC=_dot_precision(q.dtype), **_block_kwargs(False))
         _dkdv[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](qe, ke, v, do, lse, delta, dk, dv, *common,
                                                                        **flags)
         _dq[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](qe, ke, v, do, lse, delta, dq, *common, **flags)
