@@ -299,11 +299,17 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
     written, buf_lat, buf_p, buf_s, buf_f = [], [], [], [], []
     pending: list[tuple[torch.Tensor, str, float, str]] = []
 
+    scale = float(getattr(pipeline, "latent_scale", 1.0))
+
     def flush_pending():
         if not pending:
             return
         audio = torch.stack([p[0] for p in pending]).to(device)
-        lat = enc.encode(audio, sample=sample_latents).float().cpu()
+        # The DiT's latent space: the VAE output divided by the pretransform scale (what the sampler decodes).
+        if not sample_latents and hasattr(pipeline, "encode"):
+            lat = pipeline.encode(audio).float().cpu()
+        else:
+            lat = (enc.encode(audio, sample=sample_latents).float() / scale).cpu()
         for j, (_, cap, sec, fname) in enumerate(pending):
             buf_lat.append(lat[j]); buf_p.append(cap); buf_s.append(sec); buf_f.append(fname)
         pending.clear()

@@ -8,10 +8,10 @@ torchrun's ``WORLD_SIZE`` (or with WORLD_SIZE=1) everything here degrades to sin
 
 DDP (default): G and D are each wrapped in ``DistributedDataParallel``; gradients are averaged in backward,
 so parameters stay bitwise identical across ranks (``assert_in_sync`` checks it).
-FSDP (``fsdp: true``, CUDA only): G, D and the EMA are wrapped in ``FullyShardedDataParallel`` with the same
-per-block auto-wrap policy, so their flat shards line up and the EMA update is a local lerp of shards.
+FSDP (``fsdp: true``): G and D are sharded with FSDP2 (``fully_shard``, one unit per transformer block and
+head); parameters are DTensors, the EMA is a list of DTensors with G's sharding (a local lerp per update).
 Checkpoints are then written per rank (local shards; resume needs the same world size) and the export
-gathers the full EMA state dict on rank 0.
+gathers full tensors (``full_tensor()``) for rank 0 to write.
 """
 from __future__ import annotations
 
@@ -150,51 +150,56 @@ def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
 
-def fsdp_block_classes(module: nn.Module) -> set[type]:
-    """Module classes to shard as FSDP units: the DiT's transformer blocks (and the head, if any)."""
+def fsdp_block_classes(module: nn.Module) -> tuple[type, ...]:
+    """Module classes sharded as their own FSDP units: the DiT's transformer blocks and the D head."""
     from ..reference.dit import TransformerBlock
-    classes = {TransformerBlock}
-    for m in module.modules():
-        if type(m).__name__ in ("ConvNeXtHead", "ConvHead"):
-            classes.add(type(m))
-    return classes
+    from .discriminator import ConvHead, ConvNeXtHead
+    return (TransformerBlock, ConvNeXtHead, ConvHead)
 
 
-def wrap_fsdp(module: nn.Module, info: DistInfo, mixed_precision: torch.dtype | None = None) -> nn.Module:
-    """FSDP-wrap ``module`` with one unit per transformer block (CUDA + torchrun only).
+def wrap_fsdp(module: nn.Module, info: DistInfo, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """Shard ``module`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``): one unit per transformer
+    block and head, then the root. Parameters become DTensors sharded on dim 0 over all ranks; the module keeps
+    its class (and state-dict names), and is returned for symmetry with ``wrap_ddp``.
 
-    mixed_precision: compute dtype for parameters/gradient reduction (None = the parameters' dtype;
-    autocast still applies). Deterministic wrapping: the same module structure gives the same flat shards.
+    param_dtype: FSDP mixed-precision compute dtype (None = keep fp32; autocast gives the low-precision math).
+    Needs torchrun; meant for CUDA (NCCL) and also runs on gloo.
     """
-    if info.device.type != "cuda":
-        raise RuntimeError("fsdp: true needs CUDA devices (use DDP, the default, on the CPU)")
-    import functools
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-
-    policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=fsdp_block_classes(module))
-    mp = None
-    if mixed_precision is not None:
-        mp = MixedPrecision(param_dtype=mixed_precision, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
-    return FSDP(module, auto_wrap_policy=policy, device_id=info.device, sharding_strategy=ShardingStrategy.FULL_SHARD,
-                mixed_precision=mp, use_orig_params=False, sync_module_states=True)
-
-
-def fsdp_full_state_dict(module: nn.Module) -> dict:
-    """The full (unsharded) state dict of an FSDP module on rank 0, on the CPU ({} on other ranks)."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-    with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, cfg):
-        return module.state_dict()
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    units = fsdp_block_classes(module)
+    for m in list(module.modules()):
+        if m is not module and isinstance(m, units):
+            fully_shard(m, mesh=mesh, mp_policy=mp)
+    fully_shard(module, mesh=mesh, mp_policy=mp)
+    return module
 
 
 def is_fsdp(module: nn.Module) -> bool:
     try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover
         return False
-    return isinstance(module, FSDP)
+    return isinstance(module, FSDPModule)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (the tensor itself otherwise)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor, gathered on every rank (the tensor itself otherwise). Collective."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def to_local_tree(obj):
+    """Replace every DTensor in a nested dict/list (state dicts) by its local shard."""
+    if isinstance(obj, dict):
+        return {k: to_local_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_local_tree(v) for v in obj)
+    return local(obj).detach().clone() if isinstance(obj, torch.Tensor) else obj

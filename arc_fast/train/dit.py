@@ -46,14 +46,14 @@ def _fast_class():
     # Imported lazily: FastDiT pulls in the kernel packages, which the reference path does not need.
     from ..models import dit as fast_mod
 
-    class _CheckpointedFastDiT(fast_mod.FastDiT):
-        """FastDiT with per-block checkpointing around ``fused_block_forward`` (same loop as FastDiT's)."""
+    class _TrainableFastDiT(fast_mod.FastDiT):
+        """FastDiT whose blocks are *called* (``blk(...)``), each block's ``forward`` being FastDiT's
+        ``fused_block_forward``: same math and kernels, but module hooks fire per block, which per-block
+        gradient checkpointing and FSDP's per-block gather/free need. The loop is FastDiT's own."""
 
         gradient_checkpointing = False
 
         def _run_transformer(self, x, prepend_inputs, context, context_mask, global_cond, exit_layer_ix):
-            if not (self.gradient_checkpointing and torch.is_grad_enabled()):
-                return super()._run_transformer(x, prepend_inputs, context, context_mask, global_cond, exit_layer_ix)
             if self._check_betas_pending:
                 self._check_betas()
             tr = self.transformer
@@ -63,14 +63,25 @@ def _fast_class():
             freqs = self._rope(x.shape[1], x.device)
             if global_cond is not None and tr.global_cond_embedder is not None:
                 global_cond = tr.global_cond_embedder(global_cond)
+            ckpt = self.gradient_checkpointing and torch.is_grad_enabled()
             for i, blk in enumerate(tr.layers):
-                x = checkpoint(fast_mod.fused_block_forward, blk, x, context, global_cond, freqs, context_mask,
-                               self.attn_backend, use_reentrant=False)
+                if ckpt:
+                    x = checkpoint(blk, x, context, global_cond, freqs, context_mask, use_reentrant=False)
+                else:
+                    x = blk(x, context, global_cond, freqs, context_mask)
                 if exit_layer_ix is not None and i == exit_layer_ix:
                     return x
             return tr.project_out(x)
 
-    return _CheckpointedFastDiT
+    def fuse_blocks(model):
+        backend = model.attn_backend
+        for blk in model.transformer.layers:
+            def forward(x, context=None, global_cond=None, freqs=None, context_mask=None, _blk=blk):
+                return fast_mod.fused_block_forward(_blk, x, context, global_cond, freqs, context_mask, backend)
+            blk.forward = forward
+        return model
+
+    return _TrainableFastDiT, fuse_blocks
 
 
 _FAST_CLASS = None
@@ -90,7 +101,8 @@ def make_dit(ref: DiffusionTransformer, impl: str = "fast", gradient_checkpointi
     if impl == "fast":
         if _FAST_CLASS is None:
             _FAST_CLASS = _fast_class()
-        model = _FAST_CLASS.from_module(src, attn_backend=attn_backend)
+        cls, fuse_blocks = _FAST_CLASS
+        model = fuse_blocks(cls.from_module(src, attn_backend=attn_backend))
     elif impl == "reference":
         # Built on the meta device so that it draws no random numbers (both impls leave the RNG untouched).
         with torch.device("meta"):

@@ -11,8 +11,6 @@ passes fp32). Nothing here holds state except ``NoiseLevelSampler`` (its RNG, sa
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

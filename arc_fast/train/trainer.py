@@ -39,7 +39,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..reference.conditioners import assemble_dit_inputs
 from . import distributed as D
@@ -154,9 +153,10 @@ class ARCTrainer:
         self.dist = D.init_distributed(device)
         self.device = self.dist.device
         self.amp_dtype = self._resolve_precision()
-        _seed_all(self.cfg.seed + 1000003 * self.dist.rank)
+        _seed_all(self.cfg.seed)  # identical initial weights (D's head) on every rank
         with self._backend():
             self._build_models(pipeline)
+        _seed_all(self.cfg.seed + 1000003 * self.dist.rank)  # then per-rank streams (CFG dropout, ...)
         self._build_optim()
         r = self.dist.rank
         self.t_sampler = NoiseLevelSampler(self.cfg.t_dist, seed=self.cfg.seed * 7919 + 2 * r, **self.cfg.t_dist_params)
@@ -170,7 +170,7 @@ class ARCTrainer:
         self.dataset = dataset
         if resume:
             path = resume if isinstance(resume, str) else self.checkpoint_path("last")
-            if not os.path.isfile(path):
+            if not os.path.isfile(path + (f".rank{self.dist.rank}" if self.fsdp else "")):
                 raise FileNotFoundError(f"--resume: no checkpoint at {path}")
             self.load_checkpoint(path)
         self._batches = None
@@ -224,8 +224,10 @@ class ARCTrainer:
         if self.fsdp:
             self.G = D.wrap_fsdp(g, self.dist)
             self.D = D.wrap_fsdp(d, self.dist)
-            self.ema = D.wrap_fsdp(ema, self.dist)
-            self.ema.requires_grad_(False)
+            # The EMA: DTensor copies of G's sharded parameters (same placements: the update is a local lerp).
+            self.ema = None
+            self.ema_params = [p.detach().clone() for p in self.G.parameters()]
+            del ema
         else:
             self.G = D.wrap_ddp(g, self.dist)
             self.D = D.wrap_ddp(d, self.dist)
@@ -304,8 +306,9 @@ class ARCTrainer:
     def _g_losses(self, x0: torch.Tensor, cond: dict):
         cfg = self.cfg
         x_s, xh_s, s, t = self._generate(self.G, x0, cond, cfg.cfg_dropout)
-        # DDP: D runs unwrapped here (no gradient reaches its weights, so nothing to synchronise).
-        disc = self.D if self.fsdp else self.D_raw
+        # DDP: D runs unwrapped here (no gradient reaches its weights, so nothing to synchronise). FSDP2 has
+        # no wrapper: the sharded module itself runs (its hooks gather the shards).
+        disc = self.D_raw
         with self._autocast():
             with torch.no_grad():
                 d_real = disc(x_s, s, **cond).float()
@@ -317,7 +320,7 @@ class ARCTrainer:
 
     def _d_losses(self, x0: torch.Tensor, cond: dict, parts: dict):
         cfg = self.cfg
-        gen = self.G if self.fsdp else self.G_raw
+        gen = self.G_raw
         with torch.no_grad():
             x_s, xh_s, s, t = self._generate(gen, x0, cond, 0.0)
         b = x0.shape[0]
@@ -346,22 +349,18 @@ class ARCTrainer:
         aux["loss_d"] = loss.detach()
         return loss, aux
 
-    def _d_frozen(self):
-        # In G steps D must not get gradients. DDP/single process: D runs unwrapped and backward(inputs=G's
-        # parameters) skips D's weight gradients. FSDP: D's sharded parameters are frozen for the step instead,
-        # so they register no gradient hooks.
-        return _frozen(self.D) if self.fsdp else contextlib.nullcontext()
-
     def _run(self, kind: str, x0: torch.Tensor, cond: dict, parts: dict):
         """Losses and backward of one G or D step (gradients left in .grad). Returns (loss, aux)."""
         with self._backend():
             if kind == "G":
-                with self._d_frozen():
-                    loss, aux = self._g_losses(x0, cond)
-                    self.scaler_g.scale(loss).backward(inputs=self.g_params)
+                # backward(inputs=G's parameters): the gradient flows through D into G, D's weight gradients are
+                # never computed (and DDP sees none). FSDP2's graph holds unsharded copies of the parameters,
+                # not the sharded leaves, so there D's gradients are computed and dropped (the D step clears them).
+                loss, aux = self._g_losses(x0, cond)
+                self.scaler_g.scale(loss).backward(inputs=None if self.fsdp else self.g_params)
             else:
                 loss, aux = self._d_losses(x0, cond, parts)
-                self.scaler_d.scale(loss).backward(inputs=self.d_params)
+                self.scaler_d.scale(loss).backward(inputs=None if self.fsdp else self.d_params)
         return loss, aux
 
     def loss_and_grads(self, batch: dict, kind: str) -> dict:
@@ -386,17 +385,14 @@ class ARCTrainer:
         cond, parts = self._condition(batch["prompts"], batch["seconds_total"])
         is_g = self.step % 2 == 0
         if is_g:
-            opt, sched, scaler, params, net = self.opt_g, self.sched_g, self.scaler_g, self.g_params, self.G
+            opt, sched, scaler, params = self.opt_g, self.sched_g, self.scaler_g, self.g_params
         else:
-            opt, sched, scaler, params, net = self.opt_d, self.sched_d, self.scaler_d, self.d_params, self.D
+            opt, sched, scaler, params = self.opt_d, self.sched_d, self.scaler_d, self.d_params
         opt.zero_grad(set_to_none=True)
         loss, aux = self._run("G" if is_g else "D", x0, cond, parts)
         scaler.unscale_(opt)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        if self.fsdp:
-            norm = net.clip_grad_norm_(max_norm)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = D.full(torch.nn.utils.clip_grad_norm_(params, max_norm))  # a DTensor under FSDP2
         # One host sync per step: the loss (and, without a scaler to skip the step, the grad norm) must be
         # finite on every rank before any weight changes.
         bad_local = ~torch.isfinite(loss.detach())
@@ -424,7 +420,11 @@ class ARCTrainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = ema_decay(self.ema_updates, self.cfg.ema_beta, self.cfg.ema_power)
-        ema_update_(self.ema, self.G if self.fsdp else self.G_raw, decay)
+        if self.fsdp:
+            self.G.reshard()  # FSDP2 leaves the root unsharded after its pass: register the DTensor shards again
+            torch._foreach_lerp_(self.ema_params, [p.detach() for p in self.G.parameters()], 1.0 - decay)
+        else:
+            ema_update_(self.ema, self.G_raw, decay)
         self.ema_updates += 1
 
     # ------------------------------------------------------------------------------------------- loop
@@ -499,14 +499,11 @@ class ARCTrainer:
                 "noise_gen": self.noise_gen.get_state()}
 
     def _model_state(self) -> dict:
-        if self.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            from torch.distributed.fsdp import StateDictType
-            out = {}
-            for name, m in (("G", self.G), ("D", self.D), ("ema", self.ema)):
-                with FSDP.state_dict_type(m, StateDictType.LOCAL_STATE_DICT):
-                    out[name] = m.state_dict()
-            return out
+        if self.fsdp:  # this rank's shards
+            self.G.reshard()
+            self.D.reshard()
+            return {"G": D.to_local_tree(self.G.state_dict()), "D": D.to_local_tree(self.D.state_dict()),
+                    "ema": D.to_local_tree(self.ema_params)}
         return {"G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(), "ema": self.ema.state_dict()}
 
     def save_checkpoint(self) -> str:
@@ -516,7 +513,7 @@ class ARCTrainer:
         ranks = D.gather_objects(self.dist, self._local_state())
         state = {"format": CHECKPOINT_FORMAT, "step": self.step, "ema_updates": self.ema_updates,
                  "config": cfg.to_dict(), "world_size": self.dist.world_size, "fsdp": self.fsdp,
-                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                 "opt_g": D.to_local_tree(self.opt_g.state_dict()), "opt_d": D.to_local_tree(self.opt_d.state_dict()),
                  "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
                  "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
                  "ranks": ranks, **self._model_state()}
@@ -559,17 +556,19 @@ class ARCTrainer:
             warnings.warn(f"resuming with changed settings {changed}: the run will not match an uninterrupted one",
                           RuntimeWarning, stacklevel=2)
         if self.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            from torch.distributed.fsdp import StateDictType
-            for name, m in (("G", self.G), ("D", self.D), ("ema", self.ema)):
-                with FSDP.state_dict_type(m, StateDictType.LOCAL_STATE_DICT):
-                    m.load_state_dict(state[name])
+            self.G.reshard()
+            self.D.reshard()
+            _load_local_(self.G.state_dict(), state["G"])
+            _load_local_(self.D.state_dict(), state["D"])
+            _load_local_(self.ema_params, state["ema"])
+            _load_fsdp_optimizer(self.opt_g, state["opt_g"])
+            _load_fsdp_optimizer(self.opt_d, state["opt_d"])
         else:
             self.G_raw.load_state_dict(state["G"])
             self.D_raw.load_state_dict(state["D"])
             self.ema.load_state_dict(state["ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
@@ -600,7 +599,10 @@ class ARCTrainer:
         from ..pipeline import Pipeline
         directory = directory or self.cfg.export_dir or os.path.join(self.cfg.out_dir, "export")
         if self.fsdp:
-            sd = D.fsdp_full_state_dict(self.ema)
+            # Every rank joins the gathers; rank 0 keeps the full tensors.
+            self.G.reshard()
+            sd = {n: D.full(e).detach().cpu() for (n, _), e in zip(self.G.named_parameters(), self.ema_params)}
+            sd.update({n: b.detach().cpu() for n, b in self.G.named_buffers()})
             dit = None
             if self.dist.is_main:
                 from ..reference.dit import DiffusionTransformer
@@ -640,13 +642,38 @@ def _prompt_ids(conditioner) -> set[str]:
     return ids
 
 
-@contextlib.contextmanager
-def _frozen(module: nn.Module):
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
+@torch.no_grad()
+def _load_local_(dst, src) -> None:
+    """Copy saved local shards into live (DTensor or plain) tensors of the same structure."""
+    if isinstance(dst, dict):
+        missing = sorted(set(dst) ^ set(src))
+        if missing:
+            raise RuntimeError(f"checkpoint shard keys differ from the model's: {missing[:5]}")
+        for k in dst:
+            _load_local_(dst[k], src[k])
+    elif isinstance(dst, (list, tuple)):
+        if len(dst) != len(src):
+            raise RuntimeError(f"checkpoint shard has {len(src)} tensors, the model {len(dst)}")
+        for a, b in zip(dst, src):
+            _load_local_(a, b)
+    else:
+        d = D.local(dst)
+        if d.shape != src.shape:
+            raise RuntimeError(f"checkpoint shard of shape {tuple(src.shape)} for a local shard of {tuple(d.shape)} "
+                               f"(resume FSDP runs with the same number of processes)")
+        d.copy_(src)
+
+
+def _load_fsdp_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore an AdamW state whose tensors were saved as local shards: rebuild DTensors like the params'."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = {}
+    for i, st in saved["state"].items():
+        p = params[int(i)]
+        state[i] = {k: (DTensor.from_local(v.to(D.local(p).device), p.device_mesh, p.placements, shape=p.shape,
+                                           stride=p.stride())
+                        if isinstance(p, DTensor) and isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+                    for k, v in st.items()}
+    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
