@@ -67,7 +67,7 @@ class TrainConfig:
     ema_power: float = 0.75
     precision: str = "auto"             # auto = fp16 mixed on CUDA (reference), fp32 on CPU
     gradient_checkpointing: bool = True
-    fsdp: bool = False                  # shard G, D and the EMA with FSDP (CUDA, torchrun); else DDP
+    fsdp: bool = False                  # shard G, D and the EMA with FSDP2 (fully_shard, torchrun); else DDP
     seed: int = 0
 
     # --- data

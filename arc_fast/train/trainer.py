@@ -19,6 +19,10 @@ Numerics: autocast bf16/fp16 on CUDA (fp16 with a GradScaler per network), fp32 
 weights, optimiser state and EMA. A non-finite loss (or, without a scaler, gradient norm) stops the run
 before the optimiser step with ``NonFiniteLossError``; the last checkpoint on disk is the last good one.
 
+Distributed (``torchrun``): DDP by default (G and D wrapped; in G steps D runs unwrapped and
+``backward(inputs=G's parameters)`` skips its weight gradients), or FSDP2 with ``fsdp: true`` (``fully_shard``
+per block; DTensor parameters and EMA). See ``distributed.py`` and docs/train.md.
+
 Checkpoints (``<out_dir>/checkpoints/last.pt`` + step-numbered copies) are written atomically by rank 0 and
 hold G, D, EMA, both optimisers, schedulers and scalers, the step, and every rank's RNG states (torch CPU and
 CUDA, Python, NumPy, the noise-level samplers and the noise generator): a resumed run continues bit-exactly
@@ -183,7 +187,9 @@ class ARCTrainer:
             if p not in ("auto", "fp32"):
                 raise ValueError(f"precision {p!r} needs CUDA; on the {self.device.type} use 'fp32' (or 'auto')")
             return None
-        return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[p]
+        if p == "auto":  # the reference's fp16 + loss scaling; bf16 under FSDP (no loss scaler over DTensor shards)
+            return torch.bfloat16 if (self.cfg.fsdp and self.dist.distributed) else torch.float16
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[p]
 
     def _backend(self):
         if self.cfg.ops_backend is None:
