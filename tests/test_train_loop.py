@@ -1,5 +1,6 @@
 """ARC trainer on a micro model (CPU): step schedule, losses, D learning, FastDiT-vs-reference gradients,
 checkpoint resume (bit-exact), NaN guard, export -> load_pipeline -> ping-pong, latent shards, config."""
+import copy
 import json
 import os
 
@@ -109,11 +110,20 @@ def test_discriminator_score_map_and_truncated_trunk(pipe):
         ARCDiscriminator(make_dit(pipe.dit, "fast"), 0, head="mlp")
 
 
+@use_backend("eager")
 def test_make_dit_copies_weights_without_aliasing(pipe):
     g = make_dit(pipe.dit, "fast")
     assert state_digest(g) == state_digest(pipe.dit)
+    cond = pipe.condition(["a", "b"], 1.0)
+    x, t = torch.randn(2, 16, FRAMES, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.9])
     with torch.no_grad():
-        next(g.parameters()).add_(1.0)
+        torch.testing.assert_close(g(x, t, **cond), pipe.dit(x, t, **cond), rtol=1e-5, atol=1e-6)
+        ema = copy.deepcopy(g)  # the trainer's EMA: must compute with its own weights
+        want = ema(x, t, **cond)
+        for p in g.transformer.parameters():
+            p.add_(0.5)
+        torch.testing.assert_close(ema(x, t, **cond), want, rtol=0, atol=0)
+        assert not torch.allclose(g(x, t, **cond), want)
     assert state_digest(g) != state_digest(pipe.dit)
     assert all(p.requires_grad for p in g.parameters()) and not any(p.requires_grad for p in pipe.dit.parameters())
 
@@ -385,6 +395,10 @@ def test_build_latent_dataset_encodes_audio(pipe, tmp_path):
         f.write(json.dumps({"file": "c.wav", "caption": "x"}) + "\n")
     with pytest.raises(ValueError, match="22050 Hz, the model needs 44100"):
         build_latent_dataset(pipe, str(audio_dir), str(tmp_path / "c.jsonl"), str(tmp_path / "o2"))
+    build_latent_dataset(pipe, str(audio_dir), str(tmp_path / "c.jsonl"), str(tmp_path / "o3"), seconds=n / 44100,
+                         resample=True)
+    item = LatentDataset(str(tmp_path / "o3"))[0]
+    assert item["latents"].shape == (16, FRAMES) and item["seconds_total"] == pytest.approx(4096 / 22050, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------- config

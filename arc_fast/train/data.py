@@ -254,9 +254,13 @@ def _load_audio(path: str, sample_rate: int, channels: int, resample: bool) -> t
     if sr != sample_rate:
         if not resample:
             raise ValueError(f"{path}: sample rate {sr} Hz, the model needs {sample_rate} Hz (resample the files, "
-                             f"or pass resample=True for naive linear resampling)")
-        n = max(1, round(audio.shape[-1] * sample_rate / sr))
-        audio = torch.nn.functional.interpolate(audio[None], size=n, mode="linear", align_corners=False)[0]
+                             f"or pass resample=True)")
+        try:  # the pipeline's band-limited (windowed-sinc) resampler, when this version has it
+            from ..pipeline import resample as sinc_resample
+            audio = sinc_resample(audio, sr, sample_rate)
+        except ImportError:  # naive linear interpolation (aliases on downsampling)
+            n = max(1, round(audio.shape[-1] * sample_rate / sr))
+            audio = torch.nn.functional.interpolate(audio[None], size=n, mode="linear", align_corners=False)[0]
     if audio.shape[0] == 1 and channels > 1:
         audio = audio.expand(channels, -1)
     elif audio.shape[0] != channels:
@@ -285,7 +289,7 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
     captions_file: CSV or JSONL of (file, caption); ``file`` is relative to ``audio_folder``.
     seconds: clip length (default: the model's window); clips are cropped from the start or zero-padded,
     and ``seconds_total`` records the real (unpadded) duration. Files must be at the model's sample rate
-    unless ``resample=True`` (naive linear interpolation: fine for tests, alias-prone for real data).
+    unless ``resample=True`` (``arc_fast.pipeline.resample``'s windowed sinc; linear interpolation if absent).
     sample_latents: draw from the VAE posterior (default: its mean, deterministic).
     """
     sr, hop = pipeline.sample_rate, pipeline.hop

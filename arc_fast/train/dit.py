@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..reference.dit import DiffusionTransformer
+from ..reference.dit import DiffusionTransformer, TransformerBlock
 
 DIT_IMPLS = ("fast", "reference")
 
@@ -73,12 +73,17 @@ def _fast_class():
                     return x
             return tr.project_out(x)
 
+    class _FusedBlock(TransformerBlock):
+        """A TransformerBlock whose forward is FastDiT's fused one (class swap: copies stay self-contained)."""
+
+        def forward(self, x, context=None, global_cond=None, rotary_freqs=None, context_mask=None):
+            return fast_mod.fused_block_forward(self, x, context, global_cond, rotary_freqs, context_mask,
+                                                self._arc_attn_backend)
+
     def fuse_blocks(model):
-        backend = model.attn_backend
         for blk in model.transformer.layers:
-            def forward(x, context=None, global_cond=None, freqs=None, context_mask=None, _blk=blk):
-                return fast_mod.fused_block_forward(_blk, x, context, global_cond, freqs, context_mask, backend)
-            blk.forward = forward
+            blk.__class__ = _FusedBlock
+            blk._arc_attn_backend = model.attn_backend
         return model
 
     return _TrainableFastDiT, fuse_blocks
