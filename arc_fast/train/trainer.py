@@ -466,7 +466,9 @@ class ARCTrainer:
                     self.save_checkpoint()
             if self._saved_step != self.step:
                 self.save_checkpoint()
-            self.check_ranks_in_sync()
+            in_sync = self.check_ranks_in_sync()
+            if in_sync is not None and main and self._logger is not None:
+                self._logger.log(self.step, {"ranks_in_sync": in_sync})
             if cfg.export_on_finish:
                 self.export()
         finally:
@@ -482,12 +484,19 @@ class ARCTrainer:
             self._logger.log(self.step, means)
         return means
 
-    def check_ranks_in_sync(self) -> None:
-        """Under DDP: raise RuntimeError unless G, D and the EMA are bitwise equal on every rank."""
-        if self.dist.distributed and not self.fsdp:
-            D.assert_in_sync(self.dist, self.G_raw, "generator")
-            D.assert_in_sync(self.dist, self.D_raw, "discriminator")
-            D.assert_in_sync(self.dist, self.ema, "EMA")
+    def check_ranks_in_sync(self) -> bool | None:
+        """Under DDP: True if G, D and the EMA are bitwise equal on every rank, else False with a warning
+        (the run keeps rank 0's weights; a divergence means the ranks did not average the same gradients).
+        None when there is nothing to compare (one process, or FSDP where each rank holds other shards)."""
+        if not self.dist.distributed or self.fsdp:
+            return None
+        try:
+            for what, module in (("generator", self.G_raw), ("discriminator", self.D_raw), ("EMA", self.ema)):
+                D.assert_in_sync(self.dist, module, what)
+        except RuntimeError as exc:
+            warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+            return False
+        return True
 
     def close(self) -> None:
         """Close logs and leave the process group (if this trainer joined it)."""
