@@ -5,12 +5,25 @@
 
 Modules: ``losses`` (pure loss/sampler/EMA functions), ``discriminator`` (trunk + conv head), ``dit``
 (trainable FastDiT / reference with gradient checkpointing), ``data`` (latent shards), ``trainer``
-(``ARCTrainer``), ``distributed`` (torchrun helpers), ``config`` (``TrainConfig``). See docs/train.md.
-"""
-from .config import TrainConfig
-from .data import LatentDataset, ShardError, build_latent_dataset, write_shard
-from .discriminator import ARCDiscriminator
-from .trainer import ARCTrainer, NonFiniteLossError
+(``ARCTrainer``), ``distributed`` (torchrun helpers), ``config`` (``TrainConfig``), ``cli``. See docs/train.md.
 
-__all__ = ["ARCTrainer", "ARCDiscriminator", "LatentDataset", "NonFiniteLossError", "ShardError", "TrainConfig",
-           "build_latent_dataset", "write_shard"]
+The names below are imported on first use, so ``arc_fast.train.cli`` (the ``arc-fast train`` hook) loads
+without torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "ARCTrainer": "trainer", "NonFiniteLossError": "trainer", "TrainConfig": "config", "ARCDiscriminator": "discriminator",
+    "LatentDataset": "data", "ShardError": "data", "build_latent_dataset": "data", "write_shard": "data",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
