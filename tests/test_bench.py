@@ -1,0 +1,302 @@
+"""The benchmark harness (bench/): argument parsing, the no-CUDA error, a --quick CPU smoke run of every suite,
+peers that are missing giving skipped rows with a reason, the oracle check, and the output helpers."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import common, kernels, run
+
+ROOT = Path(__file__).resolve().parents[1]
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------- arguments
+def test_parse_args_defaults_and_lists():
+    a = run.parse_args([])
+    assert a.suite == list(run.SUITES) and a.device is None and not a.quick and a.compare is None
+    a = run.parse_args(["--device", "cpu", "--suite", "kernels,e2e", "--quick", "--dtype", "fp32,bf16",
+                        "--budget-s", "30", "--ops", "swiglu"])
+    assert a.suite == ["kernels", "e2e"] and a.quick and a.dtype == ["fp32", "bf16"] and a.budget_s == 30.0
+    assert a.ops == ["swiglu"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--suite", "kernels,nope"], "unknown suite nope"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--dtype", "fp8"], "unknown dtype fp8"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--budget-s", "-1"], "--budget-s must be > 0"),
+    (["--compare", "/nonexistent/base.json"], "no such file"),
+], ids=["suite", "device", "dtype", "threads", "budget", "compare"])
+def test_parse_args_rejects(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@no_cuda
+def test_cuda_without_gpu_is_a_one_line_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-m", "bench", "--device", "cuda"], cwd=ROOT, capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "CUDA is not available" in lines[0] and "--device cpu" in lines[0], p.stderr
+    assert p.stdout == ""
+
+
+def test_resolve_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert common.resolve_device(None) == "cpu"
+    with pytest.raises(common.NoDevice, match="CUDA is not available"):
+        common.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------- smoke runs
+def _run_quick(tmp_path, *extra) -> dict:
+    rc = run.main(["--device", "cpu", "--quick", "--threads", "1", "--out", str(tmp_path), "--no-readme",
+                   "--no-plots", *extra])
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and (tmp_path / (files[0].stem + ".md")).is_file()
+    result = json.loads(files[0].read_text())
+    failed = [(r["op"], r["provider"], r["notes"]) for r in result["rows"] if r["status"] == "failed"]
+    assert rc == 0 and not failed, failed
+    for key in ("device_name", "torch", "triton", "commit", "date", "peaks", "rows"):
+        assert key in result, key
+    assert result["peaks"]["copy_GBps"] > 0 and result["peaks"]["matmul_TFLOPs"] > 0
+    for r in result["rows"]:
+        if r["status"] == "skipped":
+            assert r["notes"], f"skipped row without a reason: {r}"
+        else:
+            assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"], r
+            assert r["peak_mem_mb"] is None or r["peak_mem_mb"] > 0
+    return result
+
+
+def _ok(result, **match):
+    return [r for r in result["rows"] if r["status"] == "ok" and all(r[k] == v for k, v in match.items())]
+
+
+def test_kernels_quick(tmp_path, capsys):
+    # adaln, gated residual and SwiGLU: cheap enough to run the Triton providers under the interpreter (conftest).
+    res = _run_quick(tmp_path, "--suite", "kernels", "--ops", "adaln,gated,swiglu")
+    ops = {r["op"] for r in res["rows"]}
+    assert ops == {"adaln_layer_norm", "gated_residual", "swiglu"}
+    for op in ops:
+        for prov in ("eager", "arc_fast-eager", "triton"):
+            modes = {r["mode"] for r in _ok(res, op=op, provider=prov)}
+            assert modes == {"fwd", "bwd", "fwd+bwd"}, (op, prov, modes)
+        comp = [r for r in res["rows"] if r["op"] == op and r["provider"] == "compile"]
+        assert comp and all(r["status"] == "skipped" and "--quick" in r["notes"] for r in comp)
+    r = _ok(res, op="swiglu", provider="triton", mode="fwd")[0]
+    assert r["metric"] == "GB/s" and r["value"] > 0 and r["max_err"] is not None
+    assert common.NOT_A_FIGURE in r["notes"]
+    assert _ok(res, op="swiglu", provider="eager", mode="bwd")[0]["speedup"] == pytest.approx(1.0)
+    assert "| swiglu |" in capsys.readouterr().out
+
+
+def test_decoder_quick(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # the interpreted decoder would take minutes
+    res = _run_quick(tmp_path, "--suite", "decoder")
+    assert _ok(res, provider="reference") and _ok(res, provider="arc_fast-eager")
+    tri = [r for r in res["rows"] if r["provider"] == "arc_fast-triton"][0]
+    assert tri["status"] == "skipped" and "TRITON_INTERPRET" in tri["notes"]
+    cuda = [r for r in res["rows"] if r["provider"] == "arc_fast-cuda"][0]
+    assert cuda["status"] == "skipped" and "CUDA" in cuda["notes"]
+    r = _ok(res, provider="arc_fast-eager")[0]
+    assert r["metric"] == "TFLOP/s" and r["speedup"] > 0 and r["ours"]
+
+
+def test_e2e_quick(tmp_path):
+    res = _run_quick(tmp_path, "--suite", "e2e")
+    sat = _ok(res, op="total (text -> audio)", provider="stable-audio-tools")
+    if not sat:  # not installed: the row says why and the oracle is the baseline instead
+        sk = [r for r in res["rows"] if r["provider"] == "stable-audio-tools"]
+        assert sk and sk[0]["status"] == "skipped" and "install_sat" in sk[0]["notes"]
+    ours = _ok(res, op="total (text -> audio)", provider="arc_fast")[0]
+    assert ours["speedup"] > 0 and ours["baseline"] in ("stable-audio-tools", "reference")
+    assert "max|arc_fast -" in ours["notes"] and "8 ping-pong steps" in ours["shape"]
+    for op in ("dit_step", "decoder"):
+        assert _ok(res, op=op, provider="arc_fast")[0]["metric"] == "TFLOP/s"
+    threads = {r["provider"] for r in _ok(res, op="dit_step (threads)")}
+    assert "arc_fast threads=1" in threads
+    q = _ok(res, op="dit_step (int8)", provider="reference+int8-dynamic")
+    assert q and "error vs fp32" in q[0]["notes"]
+
+
+def test_train_step_quick(tmp_path):
+    res = _run_quick(tmp_path, "--suite", "train-step")
+    for op in ("G step", "D step"):
+        for prov in ("arc_fast", "reference"):
+            r = _ok(res, op=op, provider=prov)
+            assert r and r[0]["metric"] == "tokens/s" and r[0]["value"] > 0, (op, prov)
+
+
+def test_budget_exhausted_rows_are_skipped(tmp_path):
+    res = _run_quick(tmp_path, "--suite", "kernels", "--ops", "swiglu", "--budget-s", "0.001")
+    assert res["rows"] and all(r["status"] == "skipped" for r in res["rows"])
+    assert any("time budget exhausted" in r["notes"] for r in res["rows"])
+
+
+# ------------------------------------------------------------------------------------------- peers
+def _hide(monkeypatch, *names):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_missing_peers_give_reasons(monkeypatch, device):
+    # Only the provider lists are built (nothing runs), so the CUDA context works on a CPU machine.
+    _hide(monkeypatch, "flash_attn", "liger_kernel")
+    ctx = common.Context(device=device, quick=True, dtypes=(torch.bfloat16,))
+    cases = {c.op: c for c in kernels.build_cases(ctx)}
+    assert {"attention_self", "attention_cross", "rope", "adaln_layer_norm", "gated_residual", "swiglu",
+            "snake_conv1d", "snake_conv_transpose1d"} <= set(cases)
+
+    def provs(op):
+        return {p.name: p for p in cases[op].providers(ctx, cases[op], torch.bfloat16)}
+    att = provs("attention_self")
+    assert att["flash_attn"].fn is None and att["flash_attn"].reason == "flash-attn not installed"
+    assert att["sdpa"].fn is not None and att["eager"].fn is not None
+    for op in ("swiglu", "adaln_layer_norm", "rope"):
+        assert provs(op)["liger"].fn is None and "Liger-Kernel not installed" in provs(op)["liger"].reason
+    conv = provs("snake_conv1d")
+    assert conv["cuda"].fn is None and "CUDA" in conv["cuda"].reason
+    tri = att["triton"]
+    if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":   # --quick times the interpreter
+        assert tri.fn is not None and tri.reason is None
+    else:
+        assert tri.fn is None and "TRITON_INTERPRET=1" in tri.reason
+
+
+def test_missing_peer_rows_are_skipped_not_failed(monkeypatch):
+    _hide(monkeypatch, "liger_kernel")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ctx = common.Context(device="cpu", quick=True, dtypes=(torch.float32,), compile=False)
+    case = next(c for c in kernels.build_cases(ctx) if c.op == "swiglu")
+    rows = kernels.run_case(ctx, case, torch.float32)
+    by = {(r.provider, r.mode): r for r in rows}
+    assert by[("liger", "fwd")].status == "skipped" and "not installed" in by[("liger", "fwd")].notes
+    assert by[("triton", "bwd")].status == "skipped" and "interpreter" in by[("triton", "bwd")].notes
+    assert by[("compile", "fwd")].status == "skipped"
+    assert by[("eager", "fwd")].status == "ok" and by[("arc_fast-eager", "fwd+bwd")].status == "ok"
+
+
+def test_a_wrong_provider_fails_its_check_and_is_not_timed():
+    ctx = common.Context(device="cpu", quick=True, dtypes=(torch.float32,), compile=False)
+    case = next(c for c in kernels.build_cases(ctx) if c.op == "swiglu")
+    wrong = kernels.Provider("wrong", lambda x: kernels._as_list(case.ref(x))[0] * 1.01)
+    case.providers = lambda ctx, case, dtype: [wrong]
+    rows = kernels.run_case(ctx, case, torch.float32)
+    assert [r.status for r in rows] == ["failed"] * 3 and all(r.median_ms is None for r in rows)
+    assert "check failed" in rows[0].notes
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def test_check_close_bounds():
+    ref = torch.linspace(-3, 3, 101)
+    assert common.check_close("same", ref.clone(), ref, None, torch.float32) == 0.0
+    with pytest.raises(common.CheckError, match="max\\|out - oracle\\|"):
+        common.check_close("off", ref + 0.01, ref, None, torch.float32)
+    low = ref.bfloat16()
+    common.check_close("bf16", low, ref, low, torch.bfloat16)
+    with pytest.raises(common.CheckError, match="non-finite"):
+        common.check_close("nan", torch.full_like(ref, float("nan")), ref, None, torch.float32)
+    with pytest.raises(common.CheckError, match="shape"):
+        common.check_close("shape", ref[:5], ref, None, torch.float32)
+
+
+def test_time_cpu_repeats_and_quantiles():
+    calls = []
+    t = common.time_cpu(lambda: calls.append(1), min_reps=7, min_time_s=0.0, max_reps=9, warmup=2)
+    assert len(calls) == 9 and t.n == 7 and t.min_ms <= t.p20_ms <= t.median_ms <= t.p80_ms
+    s = common.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (s.min_ms, s.median_ms, s.p20_ms, s.p80_ms) == (1.0, 3.0, 1.8, 4.2)
+    assert common.summarize([2.0, 1.0]).p20_ms is None
+
+
+def _result(rows):
+    env = {"device_name": "test", "device_type": "cpu", "commit": "abc", "date": "d"}
+    peaks = {"copy_GBps": 10.0, "matmul_TFLOPs": 1.0}
+    return common.result_dict(env, peaks, rows, {}, [])
+
+
+def test_speedups_best_peer_markdown_compare():
+    mk = lambda prov, ms, ours=False: common.Row("kernels", "op", "s", "fp32", prov, "fwd", median_ms=ms,  # noqa: E731
+                                                 min_ms=ms, ours=ours)
+    rows = [mk("eager", 4.0), mk("compile", 2.0), mk("triton", 1.0, True),
+            common.skipped("kernels", "op", "s", "fp32", "liger", "fwd", "Liger-Kernel not installed")]
+    common.fill_speedups(rows, {"kernels": ("eager",)})
+    assert rows[2].speedup == 4.0 and rows[1].speedup == 2.0 and rows[2].baseline == "eager"
+    res = _result(rows)
+    assert res["best_peer"] == [{"suite": "kernels", "op": "op", "shape": "s", "dtype": "fp32", "mode": "fwd",
+                                 "ours": "triton", "ours_ms": 1.0, "best_peer": "compile", "peer_ms": 2.0, "ratio": 2.0}]
+    md = common.markdown(res)
+    assert "| op | s | fp32 | **triton** | fwd | 1 |" in md and "Liger-Kernel not installed" in md
+    slower = [mk("eager", 4.0), mk("compile", 2.0), mk("triton", 2.0, True)]
+    cmp = common.compare(_result(slower), res)
+    assert "triton | fwd | 1 | 2 | 2.00 | slower" in cmp and "1 slower" in cmp
+
+
+def test_update_readme_replaces_its_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nintro\n")
+    common.update_readme(readme, "cpu-x", "table one\n")
+    common.update_readme(readme, "cuda-y", "gpu table\n")
+    common.update_readme(readme, "cpu-x", "table two\n")
+    text = readme.read_text()
+    assert text.count("bench:results:cpu-x -->") == 2 and "table two" in text and "table one" not in text
+    assert "gpu table" in text and text.startswith("# Benchmarks\n\nintro")
+
+
+def test_plots(tmp_path, monkeypatch):
+    rows = [common.Row("kernels", "op", "s", "fp32", p, "fwd", median_ms=ms, min_ms=ms) for p, ms in (("a", 1.0), ("b", 2.0))]
+    from bench import plotting
+    if importlib.util.find_spec("matplotlib") is not None:
+        line = plotting.plot_all(_result(rows), tmp_path, "dev")
+        assert "dev-kernels.png" in line and (tmp_path / "dev-kernels.png").stat().st_size > 1000
+    _hide(monkeypatch, "matplotlib")
+    assert "matplotlib is not installed" in plotting.plot_all(_result(rows), tmp_path, "dev")
+
+
+def test_configs_shapes():
+    from bench import configs
+    cfg = configs.sao_config()
+    d = configs.dit_dims(cfg)
+    assert (d.dim, d.heads, d.head_dim, d.rot_dim, d.cond_tokens, d.cond_dim) == (1024, 8, 128, 64, 65, 768)
+    assert configs.dit_tokens(256, cfg) == 257
+    stages = configs.decoder_stages(configs.decoder_config(cfg), 256)
+    assert stages[0] == (2048, 1024, 8, 256) and stages[-1] == (128, 128, 2, 262144)
+    assert cfg["model"]["conditioning"]["configs"][0]["type"] == "hash_text"
+
+
+def test_flop_counts_match_hand_formulas():
+    from bench import configs, models
+    dec = dict(out_channels=2, channels=4, latent_dim=3, c_mults=[1, 2], strides=[2, 2], use_snake=True,
+               final_tanh=False)
+    T = 5
+    # first conv 3->8 k7 at T; block 8->4 s2 (tconv k4 over T inputs), RUs (k7 + k1) at 2T; block 4->4 s2, RUs at 4T;
+    # final 4->2 k7 at 4T.
+    hand = 2 * (3 * 8 * 7 * T + 8 * 4 * 4 * T + 3 * (4 * 4 * 7 + 4 * 4) * 2 * T + 4 * 4 * 4 * 2 * T
+                + 3 * (4 * 4 * 7 + 4 * 4) * 4 * T + 4 * 2 * 7 * 4 * T)
+    assert models.decoder_flops(dec, T, 1) == hand
+    assert models.decoder_flops(dec, T, 3) == 3 * hand
+    cfg = configs.sao_config()
+    per_step = models.dit_step_flops(cfg, 256, 1, 65)
+    assert 1.5e11 < per_step < 1.8e11   # ~2 x 341M params x 257 tokens + attention
