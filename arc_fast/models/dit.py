@@ -82,12 +82,27 @@ def fused_block_forward(blk: TransformerBlock, x, context=None, global_cond=None
     return x + _ff(blk, _norm(blk.ff_norm, x))
 
 
+class FusedTransformerBlock(TransformerBlock):
+    """A ``TransformerBlock`` (same parameters and keys) whose forward runs ``fused_block_forward``.
+
+    Called as a module, so per-block hooks (gradient checkpointing, FSDP) work as for the reference.
+    """
+
+    attn_backend: str | None = None
+
+    def forward(self, x, context=None, global_cond=None, rotary_freqs=None, context_mask=None):
+        return fused_block_forward(self, x, context, global_cond, rotary_freqs, context_mask, self.attn_backend)
+
+
 class FastDiT(DiffusionTransformer):
     """Drop-in fused DiT. Constructor: the reference's arguments plus ``attn_backend`` (None = automatic).
 
     forward(x (B, io_channels, T), t (B,), cross_attn_cond=(B, S, cond_token_dim), global_embed=(B, global_cond_dim),
     ...) -> (B, io_channels, T), exactly as ``DiffusionTransformer.forward``; fp32/fp16/bf16 parameters.
+    ``gradient_checkpointing = True`` recomputes each block in the backward pass (training).
     """
+
+    block_cls = FusedTransformerBlock
 
     def __init__(self, *args, attn_backend: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,9 +117,22 @@ class FastDiT(DiffusionTransformer):
             if blk.self_attn.qk_norm == "l2":
                 raise NotImplementedError("FastDiT supports qk_norm 'ln' and 'none' (not 'l2')")
 
+    @property
+    def attn_backend(self) -> str | None:
+        """Attention implementation for every block: None (automatic), triton, eager/sdpa, flash_attn."""
+        return self._attn_backend
+
+    @attn_backend.setter
+    def attn_backend(self, value: str | None) -> None:
+        if value is not None and value not in attn_ops.ATTENTION_BACKENDS:
+            raise ValueError(f"attn_backend must be None or one of {', '.join(attn_ops.ATTENTION_BACKENDS)}, got {value!r}")
+        self._attn_backend = value
+        for blk in self.transformer.layers:
+            blk.attn_backend = value
+
     @classmethod
     def from_module(cls, ref: DiffusionTransformer, attn_backend: str | None = None) -> "FastDiT":
-        """Convert a loaded reference DiT (same weights, device and dtype)."""
+        """Convert a loaded reference DiT (same weights, device, dtype and train/eval mode)."""
         if not isinstance(ref, DiffusionTransformer):
             raise TypeError(f"expected an arc_fast.reference.DiffusionTransformer, got {type(ref).__name__}")
         p = next(ref.parameters())
@@ -112,6 +140,7 @@ class FastDiT(DiffusionTransformer):
             fast = cls(**ref.config_kwargs, attn_backend=attn_backend)
         fast.load_state_dict(ref.state_dict(), strict=True, assign=True)
         fast.train(ref.training)
+        fast.gradient_checkpointing = ref.gradient_checkpointing
         return fast.to(device=p.device, dtype=p.dtype)
 
     def _rope(self, seq_len: int, device) -> torch.Tensor | None:
@@ -138,15 +167,7 @@ class FastDiT(DiffusionTransformer):
     def _run_transformer(self, x, prepend_inputs, context, context_mask, global_cond, exit_layer_ix):
         if self._check_betas_pending:
             self._check_betas()
-        tr = self.transformer
-        x = F.linear(x, tr.project_in.weight) if isinstance(tr.project_in, torch.nn.Linear) else x
-        if prepend_inputs is not None:
-            x = torch.cat([prepend_inputs.to(x.dtype), x], dim=1)
-        freqs = self._rope(x.shape[1], x.device)
-        if global_cond is not None and tr.global_cond_embedder is not None:
-            global_cond = tr.global_cond_embedder(global_cond)
-        for i, blk in enumerate(tr.layers):
-            x = fused_block_forward(blk, x, context, global_cond, freqs, context_mask, self.attn_backend)
-            if exit_layer_ix is not None and i == exit_layer_ix:
-                return x
-        return tr.project_out(x)
+        seq_len = x.shape[1] + (prepend_inputs.shape[1] if prepend_inputs is not None else 0)
+        return self.transformer(x, prepend_embeds=prepend_inputs, context=context, context_mask=context_mask,
+                                global_cond=global_cond, exit_layer_ix=exit_layer_ix,
+                                rotary_freqs=self._rope(seq_len, x.device), checkpointing=self.gradient_checkpointing)

@@ -11,6 +11,7 @@ import typing as tp
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .functional import apply_rotary
@@ -221,8 +222,9 @@ class ContinuousTransformer(nn.Module):
                  final_cross_attn_ix: int = -1, global_cond_dim: int | None = None, causal: bool = False,
                  rotary_pos_emb: bool = True, zero_init_branch_outputs: bool = True, conformer: bool = False,
                  use_sinusoidal_emb: bool = False, use_abs_pos_emb: bool = False, abs_pos_emb_max_length: int = 10000,
-                 **kwargs):
+                 block_cls: type | None = None, **kwargs):
         super().__init__()
+        block_cls = TransformerBlock if block_cls is None else block_cls
         if use_sinusoidal_emb or use_abs_pos_emb:
             raise NotImplementedError("absolute/sinusoidal position embeddings are not supported (SAO uses RoPE)")
         self.dim = dim
@@ -234,7 +236,7 @@ class ContinuousTransformer(nn.Module):
         if global_cond_dim is not None:
             self.global_cond_embedder = nn.Sequential(nn.Linear(global_cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim * 6))
         self.layers = nn.ModuleList([
-            TransformerBlock(dim, dim_heads=dim_heads,
+            block_cls(dim, dim_heads=dim_heads,
                              cross_attend=cross_attend and (final_cross_attn_ix == -1 or i <= final_cross_attn_ix),
                              dim_context=cond_token_dim, global_cond_dim=global_cond_dim, causal=causal,
                              zero_init_branch_outputs=zero_init_branch_outputs, conformer=conformer, layer_ix=i,
@@ -242,23 +244,39 @@ class ContinuousTransformer(nn.Module):
             for i in range(depth)])
 
     def forward(self, x, prepend_embeds=None, context=None, context_mask=None, global_cond=None,
-                exit_layer_ix: int | None = None):
+                exit_layer_ix: int | None = None, rotary_freqs: torch.Tensor | None = None,
+                checkpointing: bool = False):
+        """x (B, T, dim_in) -> (B, prepend + T, dim_out), or the hidden states after block ``exit_layer_ix``.
+
+        ``rotary_freqs`` (prepend + T, rot_dim) may be given precomputed; ``checkpointing`` recomputes each
+        block in the backward pass (non-reentrant torch.utils.checkpoint) when gradients are enabled.
+        """
         x = self.project_in(x)
         if prepend_embeds is not None:
             if prepend_embeds.shape[-1] != x.shape[-1]:
                 raise ValueError(f"prepend_embeds last dim {prepend_embeds.shape[-1]} != model dim {x.shape[-1]}")
-            x = torch.cat([prepend_embeds, x], dim=-2)
-        freqs = self.rotary_pos_emb.forward_from_seq_len(x.shape[1]) if self.rotary_pos_emb is not None else None
+            x = torch.cat([prepend_embeds.to(x.dtype), x], dim=-2)
+        freqs = rotary_freqs
+        if freqs is None and self.rotary_pos_emb is not None:
+            freqs = self.rotary_pos_emb.forward_from_seq_len(x.shape[1])
         if global_cond is not None and self.global_cond_embedder is not None:
             global_cond = self.global_cond_embedder(global_cond)
+        ckpt = checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, context=context, global_cond=global_cond, rotary_freqs=freqs, context_mask=context_mask)
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(layer, x, context, global_cond, freqs, context_mask,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, context, global_cond, freqs, context_mask)
             if exit_layer_ix is not None and i == exit_layer_ix:
                 return x
         return self.project_out(x)
 
 
 class DiffusionTransformer(nn.Module):
+    #: The transformer block class (FastDiT swaps in its fused block; the keys stay the same).
+    block_cls = TransformerBlock
+
     """Stable Audio's conditioned DiT. Constructor arguments are those of the ``diffusion.config`` block.
 
     forward(x (B, io_channels, T), t (B,), cross_attn_cond (B, S, cond_token_dim), global_embed
@@ -327,8 +345,9 @@ class DiffusionTransformer(nn.Module):
         dim_in = io_channels + input_concat_dim
         self.patch_size = patch_size
         self.transformer_type = transformer_type
+        self.gradient_checkpointing = False
         self.transformer = ContinuousTransformer(
-            dim=embed_dim, depth=depth, dim_heads=embed_dim // num_heads, dim_in=dim_in * patch_size,
+            block_cls=self.block_cls, dim=embed_dim, depth=depth, dim_heads=embed_dim // num_heads, dim_in=dim_in * patch_size,
             dim_out=io_channels * patch_size, cross_attend=cond_token_dim > 0, cond_token_dim=cond_embed_dim,
             global_cond_dim=embed_dim if global_cond_type == "adaLN" else None, **kwargs)
         self.preprocess_conv = nn.Conv1d(dim_in, dim_in, 1, bias=False)
@@ -339,7 +358,8 @@ class DiffusionTransformer(nn.Module):
     # The transformer trunk is split out so FastDiT can swap it while sharing the conditioning code.
     def _run_transformer(self, x, prepend_inputs, context, context_mask, global_cond, exit_layer_ix):
         return self.transformer(x, prepend_embeds=prepend_inputs, context=context, context_mask=context_mask,
-                                global_cond=global_cond, exit_layer_ix=exit_layer_ix)
+                                global_cond=global_cond, exit_layer_ix=exit_layer_ix,
+                                checkpointing=self.gradient_checkpointing)
 
     def _forward(self, x, t, mask=None, cross_attn_cond=None, cross_attn_cond_mask=None, input_concat_cond=None,
                  global_embed=None, prepend_cond=None, prepend_cond_mask=None, return_info=False,
