@@ -231,7 +231,7 @@ def _cpu_extras(ctx, cfg, frames, B, ref_dit, fast_dit, fast_dec, cond_module) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
-        qdit = quantize_dynamic(copy.deepcopy(ref_dit), {nn.Linear}, dtype=torch.qint8).eval()
+        qdit = quantize_dynamic(models.copy_module(ref_dit), {nn.Linear}, dtype=torch.qint8).eval()
     with torch.inference_mode(), use_backend("eager"):
         want = fast_dit(x, t, **cond)
         got = qdit(x, t, **cond)
@@ -289,6 +289,8 @@ def _graph_runner(dit, dec, cond: dict, noise: torch.Tensor, gen_seed: int):
 
 
 def run_cuda(ctx: Context) -> list:
+    """The CUDA e2e rows. Written against ``ctx.device`` so that the tests can dry-run it on the CPU (tiny config;
+    the graph rows then say that CUDA graphs need CUDA)."""
     from arc_fast.models.decoder import FastOobleckDecoder
     from arc_fast.models.dit import FastDiT
     from arc_fast.pipeline import Pipeline, build_models
@@ -297,7 +299,7 @@ def run_cuda(ctx: Context) -> list:
     cfg = configs.tiny_config() if quick else configs.sao_config()
     frames = configs.frames_for("cuda", quick)
     dtype = torch.bfloat16
-    dev = "cuda"
+    dev = ctx.device
     rows: list = []
     ctx.log("[e2e] building models")
     torch.manual_seed(0)
@@ -309,8 +311,8 @@ def run_cuda(ctx: Context) -> list:
     ref_dit32.to(dev)
     ref_dec32 = ae.decoder.to(dev)
     cond_module.to(dev)
-    ref_dit = copy.deepcopy(ref_dit32).to(dtype)
-    ref_dec = copy.deepcopy(ref_dec32).to(dtype)
+    ref_dit = models.copy_module(ref_dit32).to(dtype)
+    ref_dec = models.copy_module(ref_dec32).to(dtype)
     fast_dit = FastDiT.from_module(ref_dit).eval()
     fast_dec = FastOobleckDecoder.from_module(ref_dec).eval()
     try:
@@ -387,6 +389,8 @@ def run_cuda(ctx: Context) -> list:
 
 def _graph_rows(ctx, dit, dec, cond_module, cfg, B, frames, label, audio_ref, audio_s, t_cond) -> list:
     name = "arc_fast+graph"
+    if ctx.device != "cuda":
+        return [skipped(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", "CUDA graphs need CUDA", True)]
     if ctx.out_of_time():
         return [skipped(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", "time budget exhausted", True)]
     from arc_fast import sampling
@@ -430,10 +434,9 @@ def _pipeline_rows(ctx, Pipeline, cfg, fast_dit, ae, fast_dec, cond_module, B, f
     rows = []
     ae = copy.copy(ae)
     ae.decoder = fast_dec
-    pipe = Pipeline(cfg, fast_dit, ae, cond_module).to("cuda")
-    if pipe.sample_size // pipe.hop != frames:
-        return [skipped(SUITE, "total (text -> audio)", label, "bf16", "pipeline", "fwd",
-                        f"the pipeline decodes its full window ({pipe.sample_size // pipe.hop} frames)")]
+    cfg = copy.deepcopy(cfg)
+    cfg["sample_size"] = frames * configs.HOP    # the pipeline generates its whole window: make it this length
+    pipe = Pipeline(cfg, fast_dit, ae, cond_module).to(ctx.device)
     params = inspect.signature(Pipeline.__call__).parameters
     variants = [("pipeline", {})]
     if "cuda_graph" in params:
@@ -451,7 +454,7 @@ def _pipeline_rows(ctx, Pipeline, cfg, fast_dit, ae, fast_dec, cond_module, B, f
                 return pipe(PROMPT, steps=STEPS, seed=0, batch_size=B, sampler="pingpong", **kw)
             with ctx.peak_memory() as pm:
                 run()
-            tt = time_wall(run, "cuda", reps=2 if ctx.quick else 5)
+            tt = time_wall(run, ctx.device, reps=2 if ctx.quick else 5)
             lt = pipe.last_timings
             rows.append(ctx.fill(Row(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", ours=True,
                                      notes=f"Pipeline.__call__ (DiT bf16; decoder in the dtype the pipeline uses; audio "

@@ -61,11 +61,14 @@ def _randn(shape, g, device, dtype, scale=1.0, mean=0.0):
     return (torch.randn(shape, generator=g) * scale + mean).to(device=device, dtype=dtype)
 
 
+KEEP_DTYPE = ("freqs",)   # fp32 angle tables stay fp32 in every dtype (the ops' contract)
+
+
 def cast(x: dict, dtype: torch.dtype, grad_names=()) -> dict:
     """Fresh leaves in ``dtype`` (fp32 tables such as ``freqs`` and integer/bool tensors are kept as they are)."""
     out = {}
     for n, t in x.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not n.startswith("_"):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and n not in KEEP_DTYPE:
             out[n] = t.detach().to(dtype).requires_grad_(n in grad_names)
         else:
             out[n] = t

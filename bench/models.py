@@ -188,6 +188,13 @@ def dit_step_flops(cfg: dict, frames: int, batch: int, cond_tokens: int) -> floa
 
 
 def copy_module(m: nn.Module) -> nn.Module:
-    """An independent deep copy (for casting a model to another dtype without touching the original)."""
+    """An independent deep copy (for casting a model to another dtype without touching the original).
+
+    Legacy ``weight_norm`` keeps the last computed ``weight`` as a plain non-leaf attribute, which deepcopy
+    refuses; it is a cache that the pre-forward hook recomputes, so a detached value is stored first."""
     import copy
+    for sub in m.modules():
+        w = sub.__dict__.get("weight")
+        if isinstance(w, torch.Tensor) and not w.is_leaf:
+            sub.weight = w.detach()
     return copy.deepcopy(m)

@@ -113,7 +113,7 @@ def test_kernels_quick(tmp_path, capsys):
 
 def test_decoder_quick(tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # the interpreted decoder would take minutes
-    res = _run_quick(tmp_path, "--suite", "decoder")
+    res = _run_quick(tmp_path, "--suite", "decoder", "--dtype", "fp32,bf16")
     assert _ok(res, provider="reference") and _ok(res, provider="arc_fast-eager")
     tri = [r for r in res["rows"] if r["provider"] == "arc_fast-triton"][0]
     assert tri["status"] == "skipped" and "TRITON_INTERPRET" in tri["notes"]
@@ -300,3 +300,23 @@ def test_flop_counts_match_hand_formulas():
     cfg = configs.sao_config()
     per_step = models.dit_step_flops(cfg, 256, 1, 65)
     assert 1.5e11 < per_step < 1.8e11   # ~2 x 341M params x 257 tokens + attention
+
+
+def test_e2e_cuda_path_dry_run_on_cpu(monkeypatch):
+    """The CUDA e2e code (bf16 models, checks, pipeline rows) run on the CPU with the tiny config: only the
+    CUDA-graph row cannot run and says so."""
+    from bench import e2e
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.set_num_threads(1)
+    ctx = common.Context(device="cpu", quick=True, dtypes=(torch.bfloat16,), log=lambda m: None)
+    rows = e2e.run_cuda(ctx)
+    by = {(r.op, r.provider): r for r in rows}
+    assert not [r for r in rows if r.status == "failed"], [(r.provider, r.notes) for r in rows if r.status == "failed"]
+    for prov in ("reference", "arc_fast"):
+        for op in ("dit_step", "decoder", "total (text -> audio)"):
+            assert by[(op, prov)].status == "ok" and by[(op, prov)].dtype == "bf16", (op, prov)
+    assert by[("total (text -> audio)", "arc_fast+graph")].notes == "CUDA graphs need CUDA"
+    assert by[("total (text -> audio)", "arc_fast+cuda-decoder")].status == "skipped"
+    assert by[("total (text -> audio)", "pipeline")].status == "ok"
+    assert "last run: conditioner" in by[("total (text -> audio)", "pipeline")].notes
+    assert by[("conditioner", "hash_text")].status == "ok"
