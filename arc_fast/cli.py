@@ -1,7 +1,8 @@
-"""Command line: ``arc-fast generate | info | bench`` (also ``python -m arc_fast ...``).
+"""Command line: ``arc-fast generate | convert | export | info | train`` (also ``python -m arc_fast ...``).
 
 Every failure prints one line ``arc-fast: error: <what> (<what to do>)`` and exits non-zero, without a
-traceback and without leaving a partial output file (set ARC_FAST_DEBUG=1 for the traceback).
+traceback and without leaving a partial output file (set ARC_FAST_DEBUG=1 for the traceback). Loader notes
+(EMA chosen, discriminator ignored, model kind and its defaults) are printed as ``note:`` lines on stdout.
 """
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _unit_interval(s: str) -> float:
+    v = _positive_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -42,24 +50,67 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="model_config.json to use (default: the one beside the model)")
+    p.add_argument("--dit", default=None, help="DiT weights as a separate file (replaces/supplies the model's)")
+    p.add_argument("--autoencoder", default=None,
+                   help="autoencoder weights as a separate file (replaces/supplies the model's)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", default=None,
+                   help="use the online weights of a training checkpoint (default: its EMA weights)")
+    p.add_argument("--allow-partial", action="store_true", help="load checkpoints with missing/unexpected keys (warn)")
+    p.add_argument("--model-kind", choices=["arc", "base"], default=None,
+                   help="override the detected kind (arc: ping-pong/8 steps/CFG 1; base: Euler/100/CFG 7)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="arc-fast", description="Fast text-to-audio generation (ARC, fused kernels)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    g = sub.add_parser("generate", help="generate a wav from a text prompt")
+
+    g = sub.add_parser("generate", help="generate a wav from a text prompt (optionally from init audio)")
     g.add_argument("prompt", help="text prompt")
     g.add_argument("-o", "--output", default="out.wav", help="output .wav path (default out.wav)")
-    g.add_argument("--seconds", type=_positive_float, default=None, help="length in seconds (default: the model's window)")
+    g.add_argument("--seconds", type=_positive_float, default=None,
+                   help="length in seconds (default: the init audio's, else the model's window)")
     g.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default per model)")
     g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default per model)")
     g.add_argument("--sampler", choices=["pingpong", "euler"], default=None, help="sampler (default per model)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--batch-size", type=_positive_int, default=1, help="number of clips (files get _i suffixes)")
-    g.add_argument("--model", default=None, help="model directory or checkpoint (default: the bundled model)")
+    g.add_argument("--model", default=None,
+                   help="model folder or checkpoint file, any Stable Audio layout (default: the bundled model)")
+    _add_source_args(g)
+    g.add_argument("--init-audio", default=None, help="audio-to-audio: a sound file (any rate / channel count)")
+    g.add_argument("--init-noise-level", type=_unit_interval, default=None,
+                   help="where sampling starts for --init-audio, in (0, 1] (default 0.7; 1 ignores the audio)")
+    g.add_argument("--short-window", action="store_true",
+                   help="sample only the latent frames --seconds needs (faster short clips; for models that tolerate it)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--allow-partial", action="store_true", help="load checkpoints with missing/unexpected keys (warn)")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="DiT precision (auto: bf16 on CUDA, fp32 on CPU); the decoder falls back to fp32 on NaN/Inf")
     g.add_argument("--reference", action="store_true", help="use the eager reference modules instead of the fused ones")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
+
+    c = sub.add_parser("convert", help="write a model in the unwrapped inference layout (.safetensors + config)")
+    c.add_argument("model", nargs="?", default=None,
+                   help="model folder or checkpoint (Lightning/EMA/ARC/trainer layouts included)")
+    c.add_argument("-o", "--output", required=True, help="output folder (must be empty unless --overwrite)")
+    _add_source_args(c)
+    c.add_argument("--split", action="store_true",
+                   help="write dit.safetensors (+ conditioner) and autoencoder.safetensors instead of one file")
+    c.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="cast float weights")
+    c.add_argument("--int8", action="store_true", help="store the DiT's block linears as int8 (CPU inference)")
+    c.add_argument("--overwrite", action="store_true", help="replace model files already in the output folder")
+
+    e = sub.add_parser("export", help="int8 DiT export for CPU inference, with its error and speed vs fp32")
+    e.add_argument("model", nargs="?", default=None, help="model folder or checkpoint (default: the bundled model)")
+    e.add_argument("-o", "--output", required=True, help="output folder (must be empty unless --overwrite)")
+    _add_source_args(e)
+    e.add_argument("--frames", type=_positive_int, default=None,
+                   help="latent frames of the measured DiT forward (default: the model's window)")
+    e.add_argument("--overwrite", action="store_true", help="replace model files already in the output folder")
+
     sub.add_parser("info", help="which backends are live on this machine, and why not")
+    sub.add_parser("train", help="ARC post-training from a JSON config (arc-fast train --help)", add_help=False)
     return p
 
 
@@ -79,10 +130,20 @@ def _write_wav(path: str, audio, sample_rate: int) -> None:
             os.remove(tmp)
 
 
+def _kind(args):
+    return None if args.model_kind is None else args.model_kind == "arc"
+
+
+def _notes(notes, quiet=False) -> None:
+    if not quiet:
+        for n in notes:
+            print(f"note: {n}")
+
+
 def _generate(args) -> int:
     import torch
 
-    from .pipeline import load_pipeline
+    from .pipeline import GenerationError, load_pipeline
 
     if not args.output.lower().endswith(".wav"):
         raise CLIError(f"output must be a .wav file, got {args.output!r}")
@@ -90,30 +151,106 @@ def _generate(args) -> int:
         raise CLIError("empty prompt (give a text description of the sound)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda but no CUDA device is available (use --device cpu)")
-    pipe = load_pipeline(args.model, device=args.device, allow_partial=args.allow_partial, fast=not args.reference)
-    audio, sr = pipe(args.prompt, seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
-                     sampler=args.sampler, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    if args.init_noise_level is not None and args.init_audio is None:
+        raise CLIError("--init-noise-level needs --init-audio")
+    if args.init_audio is not None and not os.path.isfile(args.init_audio):
+        raise CLIError(f"init audio not found: {args.init_audio}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if args.dtype == "auto" and device == "cpu" else ("bf16" if args.dtype == "auto" else args.dtype)
+    pipe = load_pipeline(args.model, device=device, dtype=dtype, allow_partial=args.allow_partial,
+                         fast=not args.reference, config=args.config, dit=args.dit, autoencoder=args.autoencoder,
+                         ema=args.ema, arc_post_trained=_kind(args))
+    _notes(pipe.load_notes, args.quiet)
+    try:
+        audio, sr = pipe(args.prompt, seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
+                         sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
+                         init_audio=args.init_audio, init_noise_level=args.init_noise_level,
+                         short_window=True if args.short_window else None, progress=not args.quiet)
+    except GenerationError as exc:
+        raise CLIError(f"{exc}; no file written") from exc
     outputs = [args.output] if audio.shape[0] == 1 else [
         f"{os.path.splitext(args.output)[0]}_{i}.wav" for i in range(audio.shape[0])]
+    if not torch.isfinite(audio).all():  # the pipeline's guard catches this first; kept as the last line of defence
+        raise CLIError("the model produced NaN/Inf audio (try --dtype fp32); no file written")
     peak = audio.abs().amax().item()
-    if not torch.isfinite(audio).all():
-        raise CLIError("the model produced NaN/Inf audio (check the checkpoint and dtype); nothing written")
     if peak > 1.0:
         audio = audio / peak  # avoid clipping in the 16-bit file
     for i, path in enumerate(outputs):
         _write_wav(path, audio[i], sr)
     t = pipe.last_timings
+    sampler = pipe.defaults()["sampler"] if args.sampler is None else args.sampler
     print(f"wrote {', '.join(outputs)}: {audio.shape[1]} ch, {audio.shape[-1] / sr:.2f} s @ {sr} Hz "
-          f"({pipe.defaults()['sampler'] if args.sampler is None else args.sampler}, device {pipe.device.type})")
+          f"({sampler}, device {pipe.device.type})")
     print(f"timings: {t.summary()}")
     return 0
 
 
+def _convert(args, int8: bool) -> dict:
+    from .pipeline import convert_model
+
+    return convert_model(args.model, args.output, config=args.config, dit=args.dit, autoencoder=args.autoencoder,
+                         ema=args.ema, split=getattr(args, "split", False), dtype=getattr(args, "dtype", None),
+                         int8=int8, allow_partial=args.allow_partial, arc_post_trained=_kind(args),
+                         overwrite=args.overwrite)
+
+
+def _convert_cmd(args) -> int:
+    out = _convert(args, args.int8)
+    _notes(out["notes"])
+    kind = "ARC post-trained" if out["arc_post_trained"] else "base"
+    print(f"wrote {', '.join(out['files'])} ({kind} model)")
+    return 0
+
+
+def _export_cmd(args) -> int:
+    import torch
+
+    from .pipeline import compare_dit, load_pipeline
+
+    out = _convert(args, True)
+    _notes(out["notes"])
+    ref = load_pipeline(args.model, device="cpu", fast=False, config=args.config, dit=args.dit,
+                        autoencoder=args.autoencoder, ema=args.ema, allow_partial=args.allow_partial)
+    q = load_pipeline(args.output, device="cpu", fast=False)
+    frames = args.frames or ref.sample_size // ref.hop
+    r = compare_dit(ref.dit, q.dit, frames=frames)
+    print(f"wrote {', '.join(out['files'])} (int8 DiT)")
+    print(f"int8 DiT vs fp32 ({frames} latent frames, batch 1, CPU, {torch.get_num_threads()} threads): relative error "
+          f"{r['relative_error']:.2e}; forward {r['reference_seconds'] * 1e3:.1f} ms fp32, "
+          f"{r['candidate_seconds'] * 1e3:.1f} ms int8")
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    try:
+        from .train import cli as train_cli
+    except ImportError as exc:
+        print(f"arc-fast: error: training is unavailable here: {exc} (pip install 'arc-fast[train]')", file=sys.stderr)
+        return 2
+    p = _Parser(prog="arc-fast", description="ARC post-training")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train_cli.add_parser(sub)
+    return train_cli.run(p.parse_args(["train", *argv]))
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"arc-fast: warning: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+    warnings.formatwarning = _one_line_warning
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return _train(argv[1:])  # its own parser and error handling (arc_fast.train.cli)
     args = _parser().parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "convert":
+            return _convert_cmd(args)
+        if args.command == "export":
+            return _export_cmd(args)
         if args.command == "info":
             from .info import main as info_main
             return info_main()
@@ -124,6 +261,8 @@ def main(argv=None) -> int:
         if os.environ.get("ARC_FAST_DEBUG") == "1":
             raise
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if isinstance(exc, ImportError) and "transformers" in msg:
+            msg += " (or use a model whose text conditioner needs no T5)"
         print(f"arc-fast: error: {msg}", file=sys.stderr)
         return 2
     return 0

@@ -1,25 +1,21 @@
-"""Pipeline loading (strict keys), generation and the CLI contract (one-line errors, no partial files)."""
-import json
+"""Pipeline: loading (strict keys), generation, defaults per model kind, seconds_total and the short window,
+audio-to-audio (resampling, remixing, half precision), NaN/silence guards, convert / int8 export round trips.
+The CLI contract lives in test_cli.py."""
+import math
 import os
-import shutil
-import subprocess
-import sys
+import warnings
 
 import pytest
 import soundfile as sf
 import torch
 
 from arc_fast.configs import get_config
-from arc_fast.pipeline import CheckpointError, build_pipeline, load_pipeline, read_checkpoint
+from arc_fast.pipeline import (CheckpointError, GenerationError, NonFiniteError, build_pipeline, convert_model,
+                               load_pipeline, read_checkpoint, remix, resample, rf_schedule)
+from arc_fast import sampling
+from test_loader import micro_config, random_pipeline, randomize_, same_weights, save_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli(*args, cwd=None):
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # the CLI runs the CPU eager path, like a user's first try
-    return subprocess.run([sys.executable, "-m", "arc_fast", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+SR = 8000
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +32,20 @@ def test_bundled_model_generates_requested_length(pipe):
 
 
 def test_generation_is_seeded(pipe):
-    a, _ = pipe("hi-hat", seconds=0.2, seed=5, steps=2)
-    b, _ = pipe("hi-hat", seconds=0.2, seed=5, steps=2)
-    c, _ = pipe("hi-hat", seconds=0.2, seed=6, steps=2)
+    a, _ = pipe("hi-hat", seconds=0.2, seed=5, steps=2, short_window=True)
+    b, _ = pipe("hi-hat", seconds=0.2, seed=5, steps=2, short_window=True)
+    c, _ = pipe("hi-hat", seconds=0.2, seed=6, steps=2, short_window=True)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
 
 
 def test_batch_and_defaults(pipe):
-    audio, _ = pipe(["a", "b"], seconds=0.1, steps=1, batch_size=2)
+    audio, _ = pipe(["a", "b"], seconds=0.1, steps=1, batch_size=2, short_window=True)
     assert audio.shape[0] == 2
     assert pipe.defaults() == {"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0}
     with pytest.warns(UserWarning, match="ARC"):
         pipe._warned.clear()
-        pipe("a", seconds=0.1, steps=1, cfg_scale=7.0)
+        pipe("a", seconds=0.1, steps=1, cfg_scale=7.0, short_window=True)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -95,37 +91,221 @@ def test_lightning_wrapped_checkpoint_loads(tmp_path):
     assert torch.equal(q.dit.transformer.project_in.weight, p.dit.transformer.project_in.weight)
 
 
-def test_cli_writes_wav(tmp_path):
-    out = tmp_path / "clip.wav"
-    r = _cli("generate", "a low sine tone", "-o", str(out), "--seconds", "0.25", "--steps", "2", "--quiet")
-    assert r.returncode == 0, r.stderr
-    data, sr = sf.read(out)
-    assert sr == 44100 and data.shape == (11025, 2)
-    assert "timings:" in r.stdout and "decoder" in r.stdout
+# ---------------------------------------------------------------------------------------------- micro models
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--seconds", "-2"], "must be > 0"),
-    (["--model", "/nonexistent/model"], "model not found"),
-    (["--seconds", "999"], "seconds must be in"),
-])
-def test_cli_errors_are_one_line_and_leave_no_file(tmp_path, args, match):
-    out = tmp_path / "clip.wav"
-    r = _cli("generate", "a tone", "-o", str(out), "--quiet", *args)
-    assert r.returncode != 0
-    assert match in r.stderr and "Traceback" not in r.stderr
-    assert len([l for l in r.stderr.splitlines() if l.strip()]) <= 2
-    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".wav")]
+@pytest.fixture(scope="module")
+def micro():
+    """An ARC micro model with random weights everywhere (autoencoder included)."""
+    p = random_pipeline(micro_config(arc=True), seed=0)
+    randomize_(p.autoencoder, 4, 0.2)
+    return p
 
 
-def test_cli_missing_checkpoint_file(tmp_path):
-    d = tmp_path / "m"
-    d.mkdir()
-    shutil.copy(os.path.join(REPO, "arc_fast", "assets", "default", "model_config.json"), d)
-    r = _cli("generate", "x", "-o", str(tmp_path / "a.wav"), "--model", str(d))
-    assert r.returncode != 0 and "no model.safetensors" in r.stderr and "Traceback" not in r.stderr
+def tones(n=2048, sr=SR, freqs=(300.0, 500.0), amp=0.5):
+    t = torch.arange(n, dtype=torch.float64) / sr
+    return (amp * torch.stack([torch.sin(2 * math.pi * f * t) for f in freqs])).float()
 
 
-def test_cli_info_runs():
-    r = _cli("info")
-    assert r.returncode == 0 and "SDPA" in r.stdout
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_defaults_follow_model_kind_and_warn_once():
+    base = build_pipeline(micro_config(arc=False), seed=0)
+    assert base.defaults() == {"sampler": "euler", "steps": 100, "cfg_scale": 7.0} and not base.is_arc
+    arc = build_pipeline(micro_config(arc=True), seed=0)
+    assert arc.defaults() == {"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        arc("a", seconds=0.05, steps=1, sampler="euler", short_window=True)
+        arc("a", seconds=0.05, steps=1, cfg_scale=3.0, short_window=True)
+        base("a", seconds=0.05, steps=1, cfg_scale=3.0, short_window=True)
+    assert [str(x.message).count("ARC post-trained") for x in w] == [1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arc("a", seconds=0.05, steps=1, short_window=True)  # the defaults never warn
+
+
+def test_seconds_total_changes_conditioning_and_length(micro):
+    c1, c2 = micro.condition(["a"], 0.1), micro.condition(["a"], 0.2)
+    assert not torch.equal(c1["global_embed"], c2["global_embed"])
+    assert not torch.equal(c1["cross_attn_cond"], c2["cross_attn_cond"])
+    a, _ = micro("a", seconds=0.1, steps=2, seed=0)
+    b, _ = micro("a", seconds=0.2, steps=2, seed=0)
+    assert a.shape[-1] == 800 and b.shape[-1] == 1600
+    assert not torch.allclose(a, b[..., :800])  # the conditioning, not only the trim, differs
+
+
+def test_short_window_is_a_multiple_of_the_hop(micro):
+    assert micro.frames_for(0.1) == 64 and micro.frames_for(0.1, short_window=True) == 25  # ceil(800 / 32)
+    assert micro.frames_for(micro.max_seconds, short_window=True) == 64
+    a, _ = micro("a", seconds=0.1, steps=2, seed=3, short_window=True)
+    assert a.shape == (1, 2, 800) and torch.isfinite(a).all()
+
+
+def test_init_audio_near_zero_noise_reconstructs_and_one_ignores_it(micro):
+    x = tones()
+    with torch.inference_mode():
+        recon = micro.decode(micro.encode(x[None]))
+    for sampler in ("pingpong", "euler"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, _ = micro("a", steps=4, seed=0, init_audio=x, init_noise_level=1e-4, sampler=sampler)
+        assert out.shape == recon.shape and rel(out, recon) < 0.01, sampler
+    far, _ = micro("a", steps=4, seed=0, init_audio=x, init_noise_level=0.6)
+    assert rel(far, recon) > 0.1
+    with_init, _ = micro("a", steps=4, seed=0, init_audio=x, init_noise_level=1.0)
+    without, _ = micro("a", steps=4, seed=0, seconds=with_init.shape[-1] / SR)
+    torch.testing.assert_close(with_init, without, rtol=0, atol=0)
+
+
+def test_init_audio_any_rate_and_channels_and_half_precision(micro, tmp_path):
+    import soundfile as sf
+    x = tones(n=4410, sr=22050, freqs=(300.0,))  # mono, 22.05 kHz, 0.2 s
+    sf.write(tmp_path / "in.wav", x.T.numpy(), 22050, subtype="FLOAT")
+    a, sr = micro("a", steps=3, seed=1, init_audio=str(tmp_path / "in.wav"), init_noise_level=0.3)
+    assert sr == SR and a.shape == (1, 2, 1600)  # length from the file
+    b, _ = micro("a", steps=3, seed=1, init_audio=(22050, x), init_noise_level=0.3)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    q = random_pipeline(micro_config(arc=True), seed=0).to(dtype=torch.bfloat16)
+    q.autoencoder = micro.autoencoder
+    with torch.inference_mode():
+        wave = torch.nn.functional.pad(remix(resample(x, 22050, SR), 2), (0, 2048 - 1600))  # as the window
+        recon = q.decode(q.encode(wave[None]))
+    c, _ = q("a", steps=3, seed=1, init_audio=str(tmp_path / "in.wav"), init_noise_level=1e-3)
+    assert torch.isfinite(c).all() and rel(c, recon[..., :1600]) < 0.05
+    with pytest.raises(ValueError, match="init_noise_level"):
+        micro("a", init_audio=x, init_noise_level=1.5)
+    with pytest.raises(ValueError, match="only meaningful"):
+        micro("a", init_noise_level=0.5)
+
+
+def test_resample_accuracy_and_antialiasing():
+    x = tones(n=4800, sr=48000, freqs=(1000.0,))
+    y = resample(x, 48000, 44100)
+    assert y.shape == (1, 4410)
+    ideal = tones(n=4410, sr=44100, freqs=(1000.0,))
+    assert (y - ideal)[:, 200:-200].abs().max() < 2e-3
+    up = resample(tones(n=2205, sr=22050, freqs=(440.0,)), 22050, 44100)
+    assert up.shape == (1, 4410) and (up - tones(n=4410, sr=44100, freqs=(440.0,)))[:, 200:-200].abs().max() < 2e-3
+    alias = resample(tones(n=9600, sr=96000, freqs=(30000.0,)), 96000, 44100)  # above the new Nyquist
+    assert alias[:, 200:-200].abs().max() < 5e-3
+    odd = resample(tones(n=1000, sr=44101, freqs=(500.0,)), 44101, 44100)  # nearly coprime: fallback path
+    assert odd.shape == (1, 1000) and (odd - tones(n=1000, sr=44100, freqs=(500.0,)))[:, 100:-100].abs().max() < 1e-2
+    assert torch.equal(resample(x, 100, 100), x)
+    with pytest.raises(TypeError):
+        resample(torch.zeros(3, dtype=torch.long), 1, 2)
+
+
+def test_remix_rules():
+    mono = torch.arange(4.0)[None]
+    assert torch.equal(remix(mono, 2), torch.stack([torch.arange(4.0)] * 2))
+    st = torch.stack([torch.ones(4), 3 * torch.ones(4)])
+    assert torch.equal(remix(st, 1), 2 * torch.ones(1, 4))
+    six = torch.arange(6.0)[:, None].expand(6, 3)
+    assert torch.equal(remix(six, 2), six[:2]) and torch.equal(remix(st, 3)[:, 0], torch.tensor([1.0, 3.0, 1.0]))
+
+
+def test_planted_nan_is_reported_with_its_step(micro):
+    calls = {"n": 0}
+
+    def plant(module, args, out):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out = out.clone()
+            out[0, 0, 0] = float("nan")
+        return out
+
+    h = micro.dit.register_forward_hook(plant)
+    try:
+        with pytest.raises(NonFiniteError, match=r"step 3 of 4") as e:
+            micro("a", seconds=0.1, steps=4, seed=0, short_window=True)
+    finally:
+        h.remove()
+    assert e.value.stage == "DiT step 3 of 4"
+
+
+def test_decoder_falls_back_to_fp32_and_silence_is_reported(micro):
+    p = random_pipeline(micro_config(arc=True), seed=0)
+    p.autoencoder.load_state_dict(micro.autoencoder.state_dict())
+    last = p.autoencoder.decoder.layers[-2]
+    with torch.no_grad():
+        last.weight_g.mul_(1e6)  # audio ~1e5: inf in fp16, finite in fp32
+    p.to(autoencoder_dtype=torch.float16)
+    with pytest.warns(RuntimeWarning, match="decoding in float32"):
+        a, _ = p("a", seconds=0.05, steps=1, short_window=True)
+    assert torch.isfinite(a).all() and p.autoencoder_dtype == torch.float32
+    with torch.no_grad():
+        last.weight_g.zero_()
+        last.weight_v.fill_(1.0)  # weight norm with g = 0: an all-zero final layer
+    with pytest.raises(GenerationError, match="silent") as e:
+        p("a", seconds=0.05, steps=1, short_window=True)
+    assert e.value.stage == "decoder"
+
+
+def test_rf_schedule_monotone_and_matches_reference():
+    torch.testing.assert_close(rf_schedule(8), sampling.rf_timesteps(8), rtol=0, atol=0)
+    torch.testing.assert_close(rf_schedule(5, 0.5), sampling.rf_timesteps(5, 0.5), rtol=0, atol=0)
+    t = rf_schedule(6, 0.01)
+    assert t[0] == pytest.approx(0.01) and t[-1] == 0 and bool((t[1:] < t[:-1]).all())
+
+
+def test_convert_lightning_to_unwrapped_and_split_round_trip(micro, tmp_path):
+    online = random_pipeline(micro_config(arc=None), seed=8)
+    sd = {"diffusion." + k: v for k, v in online.state_dict().items()}
+    sd.update({"diffusion_ema.ema_model." + k[len("model."):]: v for k, v in micro.state_dict().items()
+               if k.startswith("model.model.")})
+    sd["discriminator_head.w"] = torch.zeros(2)
+    save_model(online, tmp_path / "src", "model.ckpt", sd={"state_dict": sd, "optimizer_states": [{}]})
+    orig = load_pipeline(str(tmp_path / "src"), device="cpu", fast=False)
+    out = convert_model(str(tmp_path / "src"), str(tmp_path / "conv"))
+    assert out["arc_post_trained"] and any("EMA" in n for n in out["notes"])
+    assert sorted(os.listdir(tmp_path / "conv")) == ["model.safetensors", "model_config.json"]
+    conv_sd = read_checkpoint(str(tmp_path / "conv" / "model.safetensors"))
+    assert not any(k.startswith(("diffusion", "discriminator")) for k in conv_sd)
+    conv = load_pipeline(str(tmp_path / "conv"), device="cpu", fast=False)
+    assert conv.is_arc and same_weights(conv.dit, orig.dit) and same_weights(conv.autoencoder, orig.autoencoder)
+    a, _ = orig("x", seconds=0.1, steps=2, seed=4)
+    b, _ = conv("x", seconds=0.1, steps=2, seed=4)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    convert_model(str(tmp_path / "conv"), str(tmp_path / "split"), split=True)
+    assert sorted(os.listdir(tmp_path / "split")) == ["autoencoder.safetensors", "dit.safetensors",
+                                                       "model_config.json"]
+    split = load_pipeline(str(tmp_path / "split"), device="cpu", fast=False)
+    c, _ = split("x", seconds=0.1, steps=2, seed=4)
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
+    convert_model(None, str(tmp_path / "joined"), config=str(tmp_path / "split" / "model_config.json"),
+                  dit=str(tmp_path / "split" / "dit.safetensors"),
+                  autoencoder=str(tmp_path / "split" / "autoencoder.safetensors"), dtype="bf16")
+    joined = read_checkpoint(str(tmp_path / "joined" / "model.safetensors"))
+    assert joined.keys() == conv_sd.keys() and all(v.dtype == torch.bfloat16 for v in joined.values())
+    with pytest.raises(FileExistsError, match="already holds"):
+        convert_model(str(tmp_path / "conv"), str(tmp_path / "split"))
+
+
+def test_int8_export_loads_and_runs_on_cpu(micro, tmp_path):
+    from arc_fast.loader import Int8Linear
+    from arc_fast.pipeline import compare_dit
+    micro.save(str(tmp_path / "m"))
+    out = convert_model(str(tmp_path / "m"), str(tmp_path / "q"), int8=True)
+    sd = read_checkpoint(str(tmp_path / "q" / "model.safetensors"))
+    assert sd["model.model.transformer.layers.0.self_attn.to_qkv.weight"].dtype == torch.int8
+    assert "model.model.transformer.layers.0.self_attn.to_qkv.weight_scale" in sd
+    assert any("int8" in n for n in out["notes"])
+    q = load_pipeline(str(tmp_path / "q"), device="cpu", fast=False)
+    assert any(isinstance(m, Int8Linear) for m in q.dit.modules()) and q.is_arc
+    from types import SimpleNamespace
+    from arc_fast.pipeline import _fast_modules
+    d, _, notes = _fast_modules(q.dit, SimpleNamespace(decoder=q.autoencoder.decoder))
+    assert d is q.dit and any("int8 DiT runs on the reference modules" in n for n in notes)
+    r = compare_dit(micro.dit, q.dit, frames=16)
+    assert 0 < r["relative_error"] < 0.1  # dynamic int8 (7-bit activations on x86), random micro weights
+    a, _ = q("x", seconds=0.1, steps=2, seed=0)
+    assert torch.isfinite(a).all() and a.shape == (1, 2, 800)

@@ -1,0 +1,650 @@
+"""Reading and writing Stable Audio checkpoints in every layout in use, strictly.
+
+Layouts read (``resolve_layout``), all mapped to the *unwrapped inference layout* that ``load_pipeline`` and
+``arc-fast convert`` write::
+
+    model.model.*          DiT (DiTWrapper.model = DiffusionTransformer)
+    pretransform.model.*   Oobleck autoencoder (AutoencoderPretransform.model)
+    conditioner.*          conditioners (number embedders, projections; the frozen T5 is not in a checkpoint)
+
+* unwrapped ``.safetensors`` / ``.ckpt`` (what Stable Audio releases and ``unwrap_model.py`` write);
+* Lightning training checkpoints (``{"state_dict": ...}``) of the diffusion and ARC training wrappers:
+  ``diffusion.*`` is the model; ``diffusion_ema.ema_model.*`` (the EMA copy of ``diffusion.model``) replaces
+  the DiT when present (``ema=False`` keeps the online weights); ARC's ``discriminator.*`` /
+  ``discriminator_head.*``, a ``teacher_model.*``, a ``clap_model.*`` and EMA bookkeeping are ignored, each
+  with a note, and mark the checkpoint as ARC post-trained;
+* the arc_fast ARC trainer's ``checkpoints/*.pt`` (``G``, ``D``, ``ema``, optimiser state): the EMA generator
+  is the DiT; the autoencoder and conditioner come from the model the run started from (``base_model``);
+* single-component files (``read_component``): a DiT alone (plain ``DiffusionTransformer`` keys or any of
+  the prefixes above) or an autoencoder alone (plain ``encoder.*``/``decoder.*``, ``pretransform.model.*``,
+  or a Lightning autoencoder training checkpoint with ``autoencoder.*`` / ``autoencoder_ema.ema_model.*``).
+
+Pickled checkpoints are read with ``torch.load(weights_only=True)``; when a training checkpoint also holds
+pickled Python objects (Lightning callbacks, NumPy RNG states, ...), it is re-read with an unpickler that
+builds tensors as usual but turns every other class into an inert placeholder: no code from the file runs.
+
+Loading is strict (``check_state_dict``): every missing, unexpected or mis-shaped key is named. One exception:
+a checkpoint with *no* encoder weights at all loads (text-to-audio needs only the decoder) and says so;
+audio-to-audio then reports that the encoder is missing.
+
+Also here: ``Int8Linear`` and the int8 DiT export format (``<linear>.weight`` int8 (out, in) +
+``<linear>.weight_scale`` fp32 (out,), symmetric per output channel) used by ``arc-fast convert --int8``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import types
+import typing as tp
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger("arc_fast")
+
+#: Stable Audio's unwrapped checkpoint layout: component -> key prefix.
+PREFIXES = {"dit": "model.model.", "autoencoder": "pretransform.model.", "conditioner": "conditioner."}
+COMPONENT_NAMES = {"dit": "DiT (model.model.*)", "autoencoder": "autoencoder (pretransform.model.*)",
+                   "conditioner": "conditioner (conditioner.*)"}
+
+# Training-only modules of the Stable Audio Lightning wrappers: never part of an inference model.
+_IGNORED_TRAINING = (
+    ("discriminator_head.", "ARC discriminator head"),
+    ("discriminator.", "discriminator"),
+    ("teacher_model.", "teacher model"),
+    ("clap_model.", "CLAP model"),
+    ("losses_gen.", "generator losses"),
+    ("losses_disc.", "discriminator losses"),
+    ("eval_losses.", "evaluation losses"),
+)
+# Prefixes that mark a checkpoint as coming out of ARC post-training.
+_ARC_PREFIXES = ("discriminator_head.", "discriminator.model.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config (missing/unexpected keys, wrong shapes, unreadable file)."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Reading files
+# ------------------------------------------------------------------------------------------------------
+class _Opaque(dict):
+    """Stands in for any pickled object whose class is not a tensor type: accepts every way pickle rebuilds
+    an object (call, __new__, __setstate__, items, appends) and does nothing else."""
+
+    opaque_name = "?"
+
+    def __init__(self, *args, **kwargs):  # noqa: D401 - swallow constructor arguments
+        super().__init__()
+        self.__dict__["_args"] = args
+
+    def __setstate__(self, state):
+        self.__dict__["_state"] = state
+
+    def append(self, item):
+        self.__dict__.setdefault("_items", []).append(item)
+
+    def extend(self, items):
+        self.__dict__.setdefault("_items", []).extend(items)
+
+
+def _allowed_globals() -> dict:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        return dict(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - private API: fall back to the few globals plain tensors need
+        import collections
+
+        import torch._utils as tu
+        names = {"collections.OrderedDict": collections.OrderedDict, "torch._utils._rebuild_tensor_v2":
+                 tu._rebuild_tensor_v2, "torch._utils._rebuild_parameter": tu._rebuild_parameter,
+                 "torch.Size": torch.Size, "torch.device": torch.device}
+        return names
+
+
+def _reconstructor(cls, base, state=None):
+    return cls() if isinstance(cls, type) and issubclass(cls, _Opaque) else _Opaque()
+
+
+class _InertUnpickler(pickle.Unpickler):
+    allowed: dict = {}
+    skipped: Counter = Counter()
+
+    def find_class(self, module, name):
+        key = f"{module}.{name}"
+        if key in self.allowed:
+            return self.allowed[key]
+        if key == "copyreg._reconstructor":
+            return _reconstructor
+        type(self).skipped[key] += 1
+        return type(name, (_Opaque,), {"opaque_name": key})
+
+
+def _inert_pickle_module() -> types.ModuleType:
+    mod = types.ModuleType("arc_fast_inert_pickle")
+    _InertUnpickler.allowed = _allowed_globals()
+    _InertUnpickler.skipped = Counter()
+    mod.Unpickler = _InertUnpickler
+    mod.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
+    mod.Pickler = pickle.Pickler
+    return mod
+
+
+def _is_safetensors(path: str) -> bool:
+    """By content, not name: an 8-byte little-endian header size, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return path.endswith(".safetensors")
+    if len(head) < 9:
+        return path.endswith(".safetensors")
+    size = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < size < os.path.getsize(path)
+
+
+def read_file(path: str) -> tuple[tp.Any, dict, list[str]]:
+    """The stored object of a checkpoint file, its safetensors metadata ({} for pickles), and notes.
+
+    ``.safetensors`` -> a flat {key: tensor}; ``.ckpt``/``.pt``/``.pth``/``.bin`` -> whatever was pickled
+    (tensors on the CPU). Raises FileNotFoundError / CheckpointError (unreadable) with the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    notes: list[str] = []
+    if _is_safetensors(path):
+        try:
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+            with safe_open(path, framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            return load_file(path), metadata, notes
+        except Exception as exc:  # noqa: BLE001 - one clear error for any decoding failure
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), {}, notes
+    except pickle.UnpicklingError:
+        pass  # holds non-tensor Python objects: re-read with inert placeholders below
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    try:
+        mod = _inert_pickle_module()
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=mod)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    skipped = sorted(_InertUnpickler.skipped)
+    notes.append(f"{os.path.basename(path)}: skipped {len(skipped)} kind(s) of pickled non-tensor objects "
+                 f"(training state such as {', '.join(skipped[:3])}); no code from the file was run")
+    return obj, {}, notes
+
+
+# ------------------------------------------------------------------------------------------------------
+# Layouts
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class ResolvedCheckpoint:
+    """A checkpoint mapped to the unwrapped inference layout.
+
+    state_dict: {key: tensor} with the ``PREFIXES`` keys; notes: what was chosen or ignored (EMA, discriminator,
+    ...); kind: 'unwrapped' | 'lightning' | 'arc-lightning' | 'arc_fast-trainer'; arc_post_trained: True/False
+    when the file says so (ARC training keys, arc_fast metadata), else None; base_model: for arc_fast
+    trainer checkpoints, the model folder the run started from (None = the bundled default)."""
+    state_dict: dict
+    notes: list = field(default_factory=list)
+    kind: str = "unwrapped"
+    arc_post_trained: tp.Optional[bool] = None
+    arc_evidence: tp.Optional[str] = None
+    base_model: tp.Optional[str] = None
+    needs_base: bool = False
+    metadata: dict = field(default_factory=dict)
+
+
+def _metadata_arc(metadata: dict) -> tp.Optional[bool]:
+    raw = metadata.get("arc_fast")
+    if not raw:
+        return None
+    try:
+        info = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    v = info.get("arc_post_trained") if isinstance(info, dict) else None
+    return bool(v) if v is not None else None
+
+
+def _tensors(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
+                   source: str = "checkpoint") -> ResolvedCheckpoint:
+    """Map a checkpoint object (from ``read_file``) to the unwrapped layout. ``ema``: None = use EMA weights
+    when the file has them, True = require them, False = use the online weights. Raises CheckpointError."""
+    metadata = metadata or {}
+    notes: list[str] = []
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source} does not hold a state dict (found {type(obj).__name__})")
+
+    # arc_fast's own ARC trainer checkpoint.
+    if "format" in obj and "ema" in obj and "G" in obj and "config" in obj:
+        if obj.get("fsdp"):
+            raise CheckpointError(f"{source} is an FSDP-sharded trainer checkpoint: export it with the trainer "
+                                  f"(export_on_finish) or resume it with the same world size")
+        use_ema = ema is not False
+        dit_sd = _tensors(obj["ema"] if use_ema else obj["G"])
+        n_d = len(obj.get("D") or {})
+        notes.append(f"arc_fast ARC trainer checkpoint (step {obj.get('step')}): using the "
+                     f"{'EMA generator' if use_ema else 'online generator G (ema=False)'}; the discriminator "
+                     f"({n_d} tensors) and optimiser state are ignored")
+        cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+        return ResolvedCheckpoint({PREFIXES["dit"] + k: v for k, v in dit_sd.items()}, notes, "arc_fast-trainer",
+                                  True, "an arc_fast ARC trainer checkpoint", cfg.get("model"), True, metadata)
+
+    sd = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    tensors = _tensors(sd)
+    if not tensors:
+        raise CheckpointError(f"{source} holds no tensors")
+    arc = _metadata_arc(metadata)
+    evidence = "the checkpoint's arc_fast metadata" if arc is not None else None
+    if not any(k.startswith("diffusion.") for k in tensors):
+        return ResolvedCheckpoint(tensors, notes, "unwrapped", arc, evidence, metadata=metadata)
+
+    out: dict = {}
+    ema_sd: dict = {}
+    ignored: Counter = Counter()
+    for k, v in tensors.items():
+        if k.startswith("diffusion_ema."):
+            rest = k[len("diffusion_ema."):]
+            if rest.startswith("ema_model."):
+                # ema_model is a copy of diffusion.model (the DiTWrapper): its keys continue with 'model.'.
+                ema_sd["model." + rest[len("ema_model."):]] = v
+            else:
+                ignored["EMA bookkeeping / online copy"] += 1
+        elif k.startswith("diffusion."):
+            out[k[len("diffusion."):]] = v
+        else:
+            for prefix, what in _IGNORED_TRAINING:
+                if k.startswith(prefix):
+                    ignored[what] += 1
+                    break
+            else:
+                out[k] = v  # not a known training module: the strict check names it
+    is_arc = any(k.startswith(_ARC_PREFIXES) for k in tensors)
+    kind = "arc-lightning" if is_arc else "lightning"
+    if ema_sd and ema is not False:
+        online = [k for k in out if k.startswith(PREFIXES["dit"])]
+        for k in online:
+            del out[k]
+        out.update(ema_sd)
+        notes.append(f"using the EMA DiT weights (diffusion_ema.ema_model.*, {len(ema_sd)} tensors) instead of "
+                     f"the online ones; ema=False / --no-ema keeps the online weights")
+    elif ema_sd:
+        notes.append("EMA weights present but not used (ema=False)")
+    elif ema:
+        raise CheckpointError(f"EMA weights were asked for but {source} has none (no diffusion_ema.ema_model.* keys)")
+    for what, n in sorted(ignored.items()):
+        notes.append(f"ignored {n} {what} tensor(s) (training only)")
+    if is_arc:
+        arc, evidence = True, "an ARC training checkpoint (discriminator weights present)"
+    return ResolvedCheckpoint(out, notes, kind, arc, evidence, metadata=metadata)
+
+
+def read_checkpoint(path: str, ema: bool | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of any supported checkpoint file in the unwrapped inference layout (see module docstring)."""
+    obj, metadata, _ = read_file(path)
+    return resolve_layout(obj, metadata, ema, source=path).state_dict
+
+
+def read_resolved(path: str, ema: bool | None = None) -> ResolvedCheckpoint:
+    """``read_file`` + ``resolve_layout`` with the file's notes included."""
+    obj, metadata, notes = read_file(path)
+    res = resolve_layout(obj, metadata, ema, source=path)
+    res.notes = notes + res.notes
+    return res
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def read_component(path: str, component: str, ema: bool | None = None) -> ResolvedCheckpoint:
+    """One component from its own file, returned with the full-layout prefix (``PREFIXES[component]``).
+
+    component 'dit': plain DiffusionTransformer keys, ``model.*`` (DiTWrapper), ``model.model.*`` or any
+    wrapped layout; ``conditioner.*`` keys in the same file come along (``convert --split`` writes them there).
+    component 'autoencoder': plain ``encoder.*``/``decoder.*``, ``pretransform.model.*``, or a Lightning
+    autoencoder training checkpoint (``autoencoder.*``; ``autoencoder_ema.ema_model.*`` preferred)."""
+    if component not in ("dit", "autoencoder"):
+        raise ValueError(f"component must be 'dit' or 'autoencoder', got {component!r}")
+    obj, metadata, notes = read_file(path)
+    prefix = PREFIXES[component]
+    if component == "autoencoder" and isinstance(obj, dict):
+        raw = _tensors(obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj)
+        if any(k.startswith("autoencoder.") for k in raw):
+            ema_part = _strip(raw, "autoencoder_ema.ema_model.")
+            if ema_part and ema is not False:
+                part = ema_part
+                notes.append(f"{os.path.basename(path)}: using the autoencoder's EMA weights "
+                             f"(autoencoder_ema.ema_model.*)")
+            else:
+                part = _strip(raw, "autoencoder.")
+            n_other = sum(1 for k in raw if not k.startswith(("autoencoder.", "autoencoder_ema.")))
+            if n_other:
+                notes.append(f"{os.path.basename(path)}: ignored {n_other} autoencoder-training tensor(s) "
+                             f"(discriminator, losses)")
+            return ResolvedCheckpoint({prefix + k: v for k, v in part.items()}, notes, "autoencoder-lightning",
+                                      metadata=metadata)
+    res = resolve_layout(obj, metadata, ema, source=path)
+    res.notes = notes + res.notes
+    sd = res.state_dict
+    if component == "dit":
+        part = {k: v for k, v in sd.items() if k.startswith((prefix, PREFIXES["conditioner"]))}
+        if not any(k.startswith(prefix) for k in part):
+            if all(k.startswith("model.") for k in sd):
+                part = {"model." + k: v for k, v in sd.items()}  # DiTWrapper level
+            else:
+                part = {prefix + k: v for k, v in sd.items()}
+    else:
+        part = {k: v for k, v in sd.items() if k.startswith(prefix)}
+        if not part:
+            part = {prefix + k: v for k, v in sd.items()}
+    res.state_dict = part
+    return res
+
+
+# ------------------------------------------------------------------------------------------------------
+# Models from a config, strict checks
+# ------------------------------------------------------------------------------------------------------
+class _skip_init:
+    """Makes ``torch.nn.init`` functions no-ops: modules built inside hold uninitialised memory, to be
+    replaced by checkpoint tensors (``load_state_dict(assign=True)``). Large untouched allocations are not
+    even committed by the OS, so building a 1B-parameter model this way costs neither time nor memory."""
+    NAMES = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+             "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+
+    def __enter__(self):
+        self.saved = {n: getattr(nn.init, n) for n in self.NAMES if hasattr(nn.init, n)}
+        for n in self.saved:
+            setattr(nn.init, n, lambda tensor, *a, **k: tensor)
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(nn.init, n, f)
+        return False
+
+
+def build_models(config: dict, meta: bool = False, parts: tuple = ("dit", "autoencoder", "conditioner"),
+                 init: bool = True) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(dit, autoencoder, conditioner) from a Stable Audio ``diffusion_cond`` config (DiT + Oobleck).
+
+    ``meta=True`` builds the DiT and the autoencoder on the meta device (shapes only); ``init=False`` builds
+    them on the CPU without initialising the weights (for ``load_state_dict(assign=True)``). The conditioner
+    is always real and initialised (it may load a local T5). Components not in ``parts`` are None."""
+    from .reference.autoencoder import autoencoder_from_config
+    from .reference.conditioners import conditioner_from_config
+    from .reference.dit import DiffusionTransformer
+
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict (a parsed model_config.json), got {type(config).__name__}")
+    if config.get("model_type") != "diffusion_cond":
+        raise ValueError(f"model_type {config.get('model_type')!r} is not supported (expected 'diffusion_cond')")
+    m = config.get("model", {})
+    for part in ("diffusion", "pretransform", "conditioning"):
+        if part not in m:
+            raise ValueError(f"model config lacks 'model.{part}'")
+    diff = m["diffusion"]
+    if diff.get("type", "dit") != "dit":
+        raise ValueError(f"diffusion type {diff.get('type')!r} is not supported (expected 'dit')")
+    dit_cfg = dict(diff["config"])
+    dit_cfg.setdefault("diffusion_objective", diff.get("diffusion_objective", "v"))
+    ctx = torch.device("meta") if meta else (_nullcontext() if init else _skip_init())
+    with ctx:
+        dit = DiffusionTransformer(**dit_cfg) if "dit" in parts else None
+        autoencoder = autoencoder_from_config(m["pretransform"]) if "autoencoder" in parts else None
+    conditioner = conditioner_from_config(m["conditioning"]) if "conditioner" in parts else None
+    return dit, autoencoder, conditioner
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _list(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")
+
+
+@dataclass
+class CheckReport:
+    """Result of ``check_state_dict``: per-component sub-state-dicts (prefix stripped), problems (one line
+    each, key names included), components with missing/mis-shaped keys, and whether encoder weights are absent."""
+    parts: dict
+    problems: list
+    incomplete: set
+    no_encoder: bool = False
+
+
+def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
+    """Compare a full-layout state dict with the modules (real or meta): missing, unexpected and mis-shaped
+    keys per component, and keys outside the layout. A missing encoder (every ``encoder.*`` key absent) is
+    tolerated and reported as ``no_encoder``."""
+    parts = {name: {} for name in PREFIXES}
+    leftover = []
+    for k, v in sd.items():
+        for name, prefix in PREFIXES.items():
+            if k.startswith(prefix):
+                parts[name][k[len(prefix):]] = v
+                break
+        else:
+            leftover.append(k)
+    problems: list[str] = []
+    incomplete: set = set()
+    no_encoder = False
+    for name, module in modules.items():
+        own = module.state_dict()
+        got = parts[name]
+        missing = [k for k in own if k not in got]
+        if name == "autoencoder" and missing:
+            enc = [k for k in own if k.startswith("encoder.")]
+            if enc and all(k in missing for k in enc) and not any(k.startswith("encoder.") for k in got):
+                no_encoder = True
+                missing = [k for k in missing if not k.startswith("encoder.")]
+        unexpected = [k for k in got if k not in own]
+        shape = [f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in got and tuple(got[k].shape) != tuple(own[k].shape)]
+        kinds = [f"{k}: checkpoint {got[k].dtype} vs model {own[k].dtype}" for k in own
+                 if k in got and (got[k].dtype == torch.int8) != (own[k].dtype == torch.int8)]
+        label = COMPONENT_NAMES[name]
+        if missing:
+            hint = ""
+            if len(missing) == len(own) - (sum(1 for k in own if k.startswith("encoder.")) if no_encoder else 0):
+                hint = (f" (the checkpoint has no {name} weights at all"
+                        + (": give the autoencoder file (autoencoder=... / --autoencoder)" if name == "autoencoder"
+                           else ": give the DiT file (dit=... / --dit)" if name == "dit" else "") + ")")
+            problems.append(f"{label}: missing {len(missing)} key(s){hint}: {_list(missing)}")
+            incomplete.add(name)
+        if unexpected:
+            problems.append(f"{label}: unexpected {len(unexpected)} key(s): {_list(unexpected)}")
+        if shape:
+            problems.append(f"{label}: shape mismatch: {'; '.join(shape[:4])}")
+            incomplete.add(name)
+        if kinds:
+            problems.append(f"{label}: int8/float mismatch: {'; '.join(kinds[:4])}")
+            incomplete.add(name)
+    if leftover:
+        problems.append(f"unused key(s) outside the model layout: {_list(leftover)}")
+    return CheckReport(parts, problems, incomplete, no_encoder)
+
+
+def refresh_weight_norm(module: nn.Module) -> None:
+    """Recompute the ``weight`` attribute of legacy weight-normed convs from ``weight_g``/``weight_v`` (after
+    ``load_state_dict(assign=True)`` it still holds the old tensor). Computed without grad, so the module
+    can be deep-copied (a weight computed with grad is a non-leaf, which ``copy.deepcopy`` refuses)."""
+    with torch.no_grad():
+        for m in module.modules():
+            for hook in list(m._forward_pre_hooks.values()):
+                if type(hook).__name__ == "WeightNorm":
+                    hook(m, None)
+
+
+# ------------------------------------------------------------------------------------------------------
+# int8 DiT
+# ------------------------------------------------------------------------------------------------------
+INT8_SCALE = ".weight_scale"
+
+
+def _fbgemm_ok() -> bool:
+    try:
+        return "fbgemm" in torch.backends.quantized.supported_engines or \
+            "x86" in torch.backends.quantized.supported_engines
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class Int8Linear(nn.Module):
+    """Linear layer with int8 weights: ``weight`` int8 (out, in), ``weight_scale`` (out,), ``bias`` (out,).
+
+    W = weight * weight_scale[:, None] (symmetric, per output channel). forward(x (..., in)) -> (..., out) in
+    x's dtype. On a CPU with the fbgemm/x86 quantized engine the product is a dynamic-int8 GEMM (activations
+    quantized per call, fp32 accumulation of the int32 result); elsewhere the weight is dequantized."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._packed = None
+        self._packed_key = None
+
+    @staticmethod
+    def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp weight (out, in) -> (int8 weight, fp32 scale (out,)), round to nearest, |q| <= 127."""
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        return q, scale
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        q, s = cls.quantize(linear.weight)
+        m.weight.copy_(q)
+        m.weight_scale.copy_(s)
+        if linear.bias is not None:
+            m.bias.data.copy_(linear.bias.detach().float())
+        return m
+
+    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
+        return self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
+
+    def _packed_weight(self):
+        key = (self.weight.data_ptr(), self.weight._version, self.weight_scale._version,
+               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        if self._packed_key != key:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's quantized-tensor creation is marked deprecated
+                scale = self.weight_scale.detach().double()
+                qw = torch._make_per_channel_quantized_tensor(self.weight.detach(), scale,
+                                                              torch.zeros_like(scale, dtype=torch.long), 0)
+                bias = None if self.bias is None else self.bias.detach().float()
+                self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+            self._packed_key = key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and _fbgemm_ok():
+            try:
+                shape = x.shape
+                y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(),
+                                                       self._packed_weight(), True)
+                return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+            except (RuntimeError, AttributeError, NotImplementedError):
+                pass  # quantized engine unusable here: dequantize instead
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def int8_linear_names(dit: nn.Module) -> list[str]:
+    """The DiT's Linear layers that the int8 export quantizes: every Linear inside the transformer blocks."""
+    return [n for n, m in dit.named_modules() if n.startswith("transformer.layers.") and isinstance(m, nn.Linear)]
+
+
+def quantize_dit_state_dict(dit_meta: nn.Module, sd: dict, prefix: str = PREFIXES["dit"]) -> tuple[dict, int]:
+    """Replace the block Linear weights of a full-layout state dict by int8 + ``weight_scale``; returns
+    (new state dict, number of layers quantized). ``dit_meta``: a (meta) DiT of the same config."""
+    out = dict(sd)
+    names = int8_linear_names(dit_meta)
+    for n in names:
+        key = f"{prefix}{n}.weight"
+        if key not in out:
+            raise CheckpointError(f"int8 export: {key} is missing")
+        if out[key].dtype == torch.int8:
+            continue
+        q, s = Int8Linear.quantize(out[key])
+        out[key] = q
+        out[f"{prefix}{n}{INT8_SCALE}"] = s
+    return out, len(names)
+
+
+def apply_int8_layout(dit: nn.Module, dit_sd: dict) -> int:
+    """Swap the Linear modules whose checkpoint weights are int8 (``dit_sd``: DiT keys, no prefix) for
+    ``Int8Linear`` (on the device of the module, meta included). Returns how many were swapped."""
+    n = 0
+    for name in list(dict(dit.named_modules())):
+        w = dit_sd.get(f"{name}.weight")
+        mod = dit.get_submodule(name) if name else dit
+        if w is None or w.dtype != torch.int8 or not isinstance(mod, nn.Linear):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = dit.get_submodule(parent_name) if parent_name else dit
+        with torch.device(mod.weight.device):
+            setattr(parent, child, Int8Linear(mod.in_features, mod.out_features, mod.bias is not None))
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------------
+def save_safetensors(sd: dict, path: str, metadata: dict | None = None) -> None:
+    """Write ``sd`` (CPU tensors, made contiguous; shared storages copied) atomically to ``path``."""
+    from safetensors.torch import save_file
+    seen: set = set()
+    clean = {}
+    for k, v in sd.items():
+        t = v.detach().cpu().contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        clean[k] = t
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    try:
+        save_file(clean, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(obj, path: str) -> None:
+    """Write JSON atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

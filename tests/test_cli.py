@@ -1,0 +1,139 @@
+"""The CLI contract: generate / convert / export / info / train; one-line errors, no traceback, no partial wav.
+
+Two runs go through a real ``python -m arc_fast`` process (the README's main command on the bundled model,
+and audio-to-audio from a wav of another rate and channel count); the rest call ``cli.main`` in-process,
+which is the same code without ~3 s of imports per case."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+
+from arc_fast import cli
+from test_loader import micro_config, random_pipeline, randomize_
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the CLI runs the CPU eager path, like a user's first try
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, "-m", "arc_fast", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def _main(capsys, *args):
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:  # argparse usage errors and --help
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tmp_path_factory):
+    p = random_pipeline(micro_config(arc=True), seed=0)
+    randomize_(p.autoencoder, 4, 0.2)
+    d = tmp_path_factory.mktemp("micro")
+    p.save(str(d / "m"))
+    return d / "m"
+
+
+def _no_wav(folder):
+    return not [p for p in os.listdir(folder) if p.endswith(".wav")]
+
+
+def test_cli_writes_wav(tmp_path):
+    out = tmp_path / "clip.wav"
+    r = _cli("generate", "a low sine tone", "-o", str(out), "--seconds", "0.25", "--steps", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    data, sr = sf.read(out)
+    assert sr == 44100 and data.shape == (11025, 2)
+    assert "timings:" in r.stdout and "decoder" in r.stdout
+
+
+def test_cli_audio_to_audio_from_another_rate_and_channel_count(micro_dir, tmp_path):
+    t = torch.arange(2205) / 11025.0
+    three = torch.stack([torch.sin(2 * torch.pi * f * t) for f in (200.0, 300.0, 450.0)]) * 0.4
+    sf.write(tmp_path / "in.wav", three.T.numpy(), 11025)  # 3 channels, 11.025 kHz, 0.2 s
+    out = tmp_path / "v.wav"
+    r = _cli("generate", "x", "-o", str(out), "--model", str(micro_dir), "--init-audio", str(tmp_path / "in.wav"),
+             "--init-noise-level", "0.5", "--steps", "2", "--short-window")
+    assert r.returncode == 0, r.stderr
+    data, sr = sf.read(out)
+    assert sr == 8000 and data.shape == (1600, 2)  # the model's rate and channels, the input's length
+    assert "note: ARC post-trained model" in r.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seconds", "-2"], "must be > 0"),
+    (["--model", "/nonexistent/model"], "model not found"),
+    (["--seconds", "999"], "seconds must be in"),
+    (["--init-noise-level", "0.5"], "needs --init-audio"),
+    (["--init-audio", "/nonexistent.wav"], "init audio not found"),
+])
+def test_cli_errors_are_one_line_and_leave_no_file(capsys, tmp_path, args, match):
+    out = tmp_path / "clip.wav"
+    code, _, err = _main(capsys, "generate", "a tone", "-o", str(out), "--quiet", *args)
+    assert code != 0, err
+    assert match in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) <= 2, err
+    assert not out.exists() and _no_wav(tmp_path)
+
+
+def test_cli_missing_checkpoint_file(capsys, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(os.path.join(REPO, "arc_fast", "assets", "default", "model_config.json"), d)
+    code, _, err = _main(capsys, "generate", "x", "-o", str(tmp_path / "a.wav"), "--model", str(d))
+    assert code != 0 and "no model.safetensors" in err and "Traceback" not in err
+
+
+def test_cli_nan_model_reports_step_and_writes_nothing(capsys, micro_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "bad"
+    shutil.copytree(micro_dir, bad)
+    sd = load_file(bad / "model.safetensors")
+    sd["model.model.postprocess_conv.weight"] = torch.full_like(sd["model.model.postprocess_conv.weight"], float("nan"))
+    save_file(sd, bad / "model.safetensors")
+    out = tmp_path / "n.wav"
+    code, _, err = _main(capsys, "generate", "x", "-o", str(out), "--model", str(bad), "--steps", "2", "--quiet",
+                         "--reference", "--short-window", "--seconds", "0.05")
+    assert code == 2 and "DiT output at step 1 of 2" in err and "no file written" in err
+    assert len(err.strip().splitlines()) == 1 and _no_wav(tmp_path)
+
+
+def test_cli_convert_and_export(capsys, micro_dir, tmp_path):
+    code, out, err = _main(capsys, "convert", str(micro_dir), "-o", str(tmp_path / "split"), "--split", "--no-ema")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "split")) == ["autoencoder.safetensors", "dit.safetensors", "model_config.json"]
+    code, _, err = _main(capsys, "convert", str(micro_dir), "-o", str(tmp_path / "split"))
+    assert code == 2 and "already holds" in err
+    code, out, err = _main(capsys, "convert", "-o", str(tmp_path / "joined"), "--config",
+                           str(tmp_path / "split" / "model_config.json"), "--dit", str(tmp_path / "split" / "dit.safetensors"),
+                           "--autoencoder", str(tmp_path / "split" / "autoencoder.safetensors"), "--model-kind", "base")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "joined" / "model_config.json").read_text())
+    assert cfg["arc_fast"]["arc_post_trained"] is False and "base model" in out
+    code, out, err = _main(capsys, "export", str(micro_dir), "-o", str(tmp_path / "q"), "--frames", "8")
+    assert code == 0, err
+    assert "relative error" in out and "ms int8" in out
+    assert json.loads((tmp_path / "q" / "model_config.json").read_text())["arc_fast"]["dit_int8"] is True
+
+
+def test_cli_info_help_and_train_delegation(capsys, tmp_path):
+    code, out, _ = _main(capsys, "info")
+    assert code == 0 and "SDPA" in out
+    code, out, _ = _main(capsys, "--help")
+    assert code == 0 and all(c in out for c in ("generate", "convert", "export", "train"))
+    code, out, _ = _main(capsys, "train", "--help")
+    assert code == 0 and "--config" in out
+    code, _, err = _main(capsys, "train", "--config", str(tmp_path / "missing.json"))
+    assert code == 2 and "arc-fast train: error:" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
