@@ -1,0 +1,379 @@
+"""The recipe of the bundled tiny model: its config and the training stages run by ``scripts/train_tiny``.
+
+Stages (each a function here, a thin CLI in ``scripts/train_tiny/0N_*.py``, a seconds-long version in
+``tests/test_tiny_training.py``):
+
+1. ``train_autoencoder``: a small Oobleck VAE on random crops of synthetic clips, multi-resolution STFT +
+   time-domain L1 + a small KL term (no adversarial loss); the latent scale is folded into the weights so
+   the latents have unit standard deviation. ``encode_dataset`` then writes latent shards (the ARC trainer's
+   format, ``arc_fast.train.data``).
+2. ``pretrain_dit``: rectified-flow pretraining of a fresh DiT jointly with the hash text encoder and the
+   ``seconds_total`` embedder, CFG dropout 0.1, EMA; writes a base (non-ARC) model folder.
+3. ``arc_posttrain``: ARC with the project's ``ARCTrainer`` from the base model (``w_con=0`` for the
+   ablation without the contrastive loss); writes an ARC model folder.
+
+Everything is seeded; the numbers each run produced are written beside its outputs (``*.json``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+import typing as tp
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .synthetic import SAMPLE_RATE, WINDOW, make_clip
+
+#: The trained tiny model: SAO Small's architecture family scaled down (Oobleck VAE with hop 2048 and 16
+#: latent channels, hash text encoder + seconds_total, a 4-block DiT of width 128), window 65536 samples.
+TINY_TRAINED: dict = {
+    "model_type": "diffusion_cond",
+    "sample_size": WINDOW,
+    "sample_rate": SAMPLE_RATE,
+    "audio_channels": 2,
+    "model": {
+        "pretransform": {
+            "type": "autoencoder",
+            "iterate_batch": True,
+            "config": {
+                "encoder": {"type": "oobleck", "config": {"in_channels": 2, "latent_dim": 32, "channels": 8,
+                                                          "c_mults": [2, 4, 8, 16], "strides": [4, 8, 8, 8],
+                                                          "use_snake": True}},
+                "decoder": {"type": "oobleck", "config": {"out_channels": 2, "latent_dim": 16, "channels": 8,
+                                                          "c_mults": [2, 4, 8, 16], "strides": [4, 8, 8, 8],
+                                                          "use_snake": True, "final_tanh": False}},
+                "bottleneck": {"type": "vae"},
+                "latent_dim": 16,
+                "downsampling_ratio": 2048,
+                "io_channels": 2,
+            },
+        },
+        "conditioning": {
+            "configs": [
+                {"id": "prompt", "type": "hash_text", "config": {"dim": 64, "max_length": 16, "num_layers": 1,
+                                                                "num_heads": 4, "vocab_size": 1024}},
+                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 2}},
+            ],
+            "cond_dim": 64,
+        },
+        "diffusion": {
+            "cross_attention_cond_ids": ["prompt", "seconds_total"],
+            "global_cond_ids": ["seconds_total"],
+            "type": "dit",
+            "diffusion_objective": "rectified_flow",
+            "config": {
+                "io_channels": 16,
+                "embed_dim": 128,
+                "depth": 4,
+                "num_heads": 4,
+                "cond_token_dim": 64,
+                "global_cond_dim": 64,
+                "transformer_type": "continuous_transformer",
+                "attn_kwargs": {"qk_norm": "ln"},
+            },
+        },
+        "io_channels": 16,
+    },
+    "arc_fast": {"arc_post_trained": False},
+}
+
+
+def tiny_config() -> dict:
+    """A deep copy of ``TINY_TRAINED``."""
+    return copy.deepcopy(TINY_TRAINED)
+
+
+def _log(path: str | None, rec: dict) -> None:
+    line = json.dumps(rec)
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------- stage 1: VAE
+
+def stft_mag(x: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """|STFT| of x (B, N) with a Hann window, hop n_fft/4: (B, n_fft/2 + 1, frames)."""
+    win = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    return torch.stft(x, n_fft, hop_length=n_fft // 4, window=win, return_complex=True).abs()
+
+
+def mrstft_loss(y: torch.Tensor, x: torch.Tensor, ffts: tp.Sequence[int] = (2048, 512, 128)) -> torch.Tensor:
+    """Multi-resolution STFT loss of reconstruction y vs target x, both (B, C, N): per resolution,
+    spectral convergence ||X| - |Y||_F / ||X||_F plus mean |log(|X| + 1e-3) - log(|Y| + 1e-3)|; averaged."""
+    y2, x2 = y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])
+    total = y.new_zeros(())
+    for n in ffts:
+        ym, xm = stft_mag(y2, n), stft_mag(x2, n)
+        sc = torch.linalg.norm(xm - ym) / (torch.linalg.norm(xm) + 1e-7)
+        lm = (torch.log(xm + 1e-3) - torch.log(ym + 1e-3)).abs().mean()
+        total = total + sc + lm
+    return total / len(ffts)
+
+
+def _crop_batch(pool: np.ndarray, seconds: np.ndarray, rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
+    """Random crops (batch, 2, crop) from a pool of clips, mostly inside the sounding part."""
+    out = np.empty((batch, 2, crop), dtype=np.float32)
+    for b in range(batch):
+        i = int(rng.integers(pool.shape[0]))
+        sound = int(seconds[i] * SAMPLE_RATE)
+        hi = max(1, min(pool.shape[-1] - crop, sound - crop // 2))
+        s = int(rng.integers(0, hi + 1))
+        out[b] = pool[i, :, s:s + crop]
+    return torch.from_numpy(out)
+
+
+def make_pool(n: int, seed: int, split: str = "train", window: int = WINDOW):
+    """n clips as (audio (n, 2, window) float32, seconds (n,), captions, params)."""
+    clips = [make_clip(seed, i, split, window) for i in range(n)]
+    return (np.stack([c.audio for c in clips]), np.array([c.seconds for c in clips]),
+            [c.caption for c in clips], [c.params for c in clips])
+
+
+def build_autoencoder(config: dict | None = None, seed: int = 0):
+    """A freshly initialised Oobleck VAE for ``config`` (default ``TINY_TRAINED``)."""
+    from ..reference.autoencoder import autoencoder_from_config
+    torch.manual_seed(seed)
+    return autoencoder_from_config((config or TINY_TRAINED)["model"]["pretransform"])
+
+
+def train_autoencoder(out_dir: str, steps: int = 600, batch: int = 8, crop: int = 8192, lr: float = 1e-3,
+                      kl_weight: float = 1e-4, l1_weight: float = 0.1, pool_clips: int = 384, seed: int = 0,
+                      log_every: int = 25, time_limit: float | None = None) -> dict:
+    """Train the VAE; writes ``<out_dir>/autoencoder.pt`` (state dict, latent scale folded in) and
+    ``autoencoder.json`` (settings, steps done, final losses, latent std before folding). Returns that dict.
+
+    time_limit: stop early after this many seconds (the steps actually done are recorded).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    log_path = os.path.join(out_dir, "autoencoder_log.jsonl")
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    ae = build_autoencoder(seed=seed).train()
+    pool, seconds, _, _ = make_pool(pool_clips, seed)
+    rng = np.random.default_rng([seed, 1])
+    opt = torch.optim.AdamW(ae.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(n, steps) / steps))))
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    hist: dict[str, list] = {}
+    done = 0
+    for step in range(steps):
+        x = _crop_batch(pool, seconds, rng, batch, crop)
+        z, info = ae.encode(x, return_info=True, generator=gen)
+        y = ae.decode(z)
+        spec = mrstft_loss(y, x)
+        l1 = (y - x).abs().mean()
+        loss = spec + l1_weight * l1 + kl_weight * info["kl"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(ae.parameters(), 5.0)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"autoencoder: non-finite loss at step {step}")
+        opt.step()
+        sched.step()
+        done = step + 1
+        for k, v in (("spec", spec), ("l1", l1), ("kl", info["kl"]), ("grad_norm", gn)):
+            hist.setdefault(k, []).append(float(v.detach()))
+        if done % log_every == 0 or done == steps:
+            _log(log_path, {"step": done, "time": round(time.time() - t0, 1),
+                            **{k: round(float(np.mean(v[-log_every:])), 5) for k, v in hist.items()}})
+        if time_limit is not None and time.time() - t0 > time_limit:
+            break
+    ae.eval()
+    with torch.no_grad():
+        lat = torch.cat([ae.encode(torch.from_numpy(pool[i:i + 16]), sample=False) for i in range(0, min(64, pool_clips), 16)])
+    std = float(lat.std())
+    fold_latent_scale(ae, std)
+    summary = {"steps_requested": steps, "steps_done": done, "batch": batch, "crop": crop, "lr": lr,
+               "kl_weight": kl_weight, "l1_weight": l1_weight, "pool_clips": pool_clips, "seed": seed,
+               "seconds": round(time.time() - t0, 1), "latent_std_before_fold": std,
+               "final": {k: float(np.mean(v[-log_every:])) for k, v in hist.items()}}
+    torch.save(ae.state_dict(), os.path.join(out_dir, "autoencoder.pt"))
+    _write_json(os.path.join(out_dir, "autoencoder.json"), summary)
+    return summary
+
+
+@torch.no_grad()
+def fold_latent_scale(ae, scale: float) -> None:
+    """Make the VAE's latents ``1/scale`` times smaller without changing its reconstructions: the encoder's
+    mean rows are divided by ``scale`` and the decoder's first convolution multiplied by it (exact for the
+    posterior mean; the posterior stdev is left as it is)."""
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    last = ae.encoder.layers[-1]
+    d = ae.latent_dim
+    last.weight_g[:d] /= scale
+    if last.bias is not None:
+        last.bias[:d] /= scale
+    ae.decoder.layers[0].weight_g *= scale
+
+
+@torch.no_grad()
+def encode_dataset(ae, out_dir: str, n: int, seed: int = 0, split: str = "train", batch: int = 16,
+                   shard_size: int = 512) -> list[str]:
+    """Encode ``n`` synthetic clips of ``(seed, split)`` into latent shards (posterior means) under ``out_dir``;
+    a ``params.jsonl`` beside them keeps every clip's parameters. Returns the shard paths."""
+    from ..train.data import write_shard
+    os.makedirs(out_dir, exist_ok=True)
+    ae.eval()
+    paths, lats, prompts, secs = [], [], [], []
+    with open(os.path.join(out_dir, "params.jsonl"), "w") as pf:
+        for i0 in range(0, n, batch):
+            clips = [make_clip(seed, i, split) for i in range(i0, min(n, i0 + batch))]
+            z = ae.encode(torch.from_numpy(np.stack([c.audio for c in clips])), sample=False)
+            lats.append(z.float())
+            for c in clips:
+                prompts.append(c.caption)
+                secs.append(c.seconds)
+                pf.write(json.dumps({"prompt": c.caption, "seconds_total": c.seconds, "params": c.params}) + "\n")
+            if sum(x.shape[0] for x in lats) >= shard_size or i0 + batch >= n:
+                allz = torch.cat(lats)
+                p = os.path.join(out_dir, f"shard-{len(paths):05d}.safetensors")
+                paths.append(write_shard(p, allz, prompts, secs))
+                lats, prompts, secs = [], [], []
+    return paths
+
+
+def load_autoencoder(path: str, config: dict | None = None):
+    ae = build_autoencoder(config)
+    ae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return ae.eval()
+
+
+# ----------------------------------------------------------------------------------- stage 2: RF pretrain
+
+def _load_latents(folder: str):
+    from ..train.data import LatentDataset
+    ds = LatentDataset(folder)
+    lat = torch.stack([ds[i]["latents"] for i in range(len(ds))])
+    prompts = [ds.records[i]["prompt"] for i in range(len(ds))]
+    secs = [float(ds.records[i]["seconds_total"] or 0.0) for i in range(len(ds))]
+    return lat, prompts, secs
+
+
+def pretrain_dit(out_dir: str, autoencoder_path: str, latents_dir: str, steps: int = 3000, batch: int = 32,
+                 lr: float = 1e-3, cfg_dropout: float = 0.1, ema_beta: float = 0.999, seed: int = 0,
+                 log_every: int = 50, time_limit: float | None = None) -> dict:
+    """Rectified-flow pretraining: v = eps - x0 regressed at t ~ 0.5 logit-normal(0, 1) + 0.5 U(0, 1),
+    DiT + text/seconds conditioners trained jointly (AdamW, warm-up, cosine), EMA of both.
+
+    Writes the base model folder ``<out_dir>/model`` (EMA weights; Euler + CFG sampling by default) and
+    ``<out_dir>/pretrain.json``. Returns the summary dict.
+    """
+    from ..pipeline import Pipeline, build_models
+    from ..reference.conditioners import assemble_dit_inputs
+    os.makedirs(out_dir, exist_ok=True)
+    log_path = os.path.join(out_dir, "pretrain_log.jsonl")
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    config = tiny_config()
+    torch.manual_seed(seed)
+    dit, ae, cond = build_models(config)
+    ae.load_state_dict(torch.load(autoencoder_path, map_location="cpu", weights_only=True))
+    ae.eval().requires_grad_(False)
+    lat, prompts, secs = _load_latents(latents_dir)
+    pipe = Pipeline(config, dit, ae, cond)
+    params = list(dit.parameters()) + list(cond.parameters())
+    ema_dit, ema_cond = copy.deepcopy(dit).eval(), copy.deepcopy(cond).eval()
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    warm = max(1, min(200, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda n: min(1.0, (n + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(n, steps) / steps))))
+    gen = torch.Generator().manual_seed(seed)
+    dit.train()
+    cond.train()
+    t0 = time.time()
+    hist: list[float] = []
+    done = 0
+    n = lat.shape[0]
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        x0 = lat[idx]
+        meta = [{"prompt": prompts[i], "seconds_start": 0, "seconds_total": secs[i]} for i in idx.tolist()]
+        parts = cond(meta, "cpu")
+        c = assemble_dit_inputs(parts, pipe.cross_ids, pipe.global_ids)
+        u = torch.rand(batch, generator=gen)
+        ln = torch.sigmoid(torch.randn(batch, generator=gen))
+        t = torch.where(torch.rand(batch, generator=gen) < 0.5, ln, u)
+        eps = torch.randn(x0.shape, generator=gen)
+        tt = t.view(-1, 1, 1)
+        x_t = (1 - tt) * x0 + tt * eps
+        # Conditioning dropout drawn here (not inside the DiT) so it follows this generator.
+        drop = (torch.rand(batch, generator=gen) < cfg_dropout).view(-1, 1, 1)
+        c["cross_attn_cond"] = torch.where(drop, torch.zeros_like(c["cross_attn_cond"]), c["cross_attn_cond"])
+        v = dit(x_t, t, **c)
+        loss = F.mse_loss(v, eps - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"pretrain: non-finite loss at step {step}")
+        opt.step()
+        sched.step()
+        decay = min(ema_beta, 1 - (1 + step) ** -0.75) if step > 0 else 0.0
+        with torch.no_grad():
+            for src, dst in ((dit, ema_dit), (cond, ema_cond)):
+                for p, q in zip(src.parameters(), dst.parameters()):
+                    q.lerp_(p, 1 - decay)
+        done = step + 1
+        hist.append(float(loss.detach()))
+        if done % log_every == 0 or done == steps:
+            _log(log_path, {"step": done, "time": round(time.time() - t0, 1), "loss": round(float(np.mean(hist[-log_every:])), 5),
+                            "lr": opt.param_groups[0]["lr"]})
+        if time_limit is not None and time.time() - t0 > time_limit:
+            break
+    ema_dit.requires_grad_(False)
+    ema_cond.requires_grad_(False)
+    config["arc_fast"] = {"arc_post_trained": False, "note": "tiny base model (rectified flow), arc_fast.data.tiny"}
+    Pipeline(config, ema_dit, ae, ema_cond).save(os.path.join(out_dir, "model"))
+    summary = {"steps_requested": steps, "steps_done": done, "batch": batch, "lr": lr, "cfg_dropout": cfg_dropout,
+               "ema_beta": ema_beta, "seed": seed, "seconds": round(time.time() - t0, 1), "clips": n,
+               "final_loss": float(np.mean(hist[-log_every:])) if hist else None}
+    _write_json(os.path.join(out_dir, "pretrain.json"), summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- stage 3: ARC
+
+def arc_settings(**overrides) -> dict:
+    """The TrainConfig fields used for the tiny model (CPU: eager ops, fp32; a small ConvNeXt head)."""
+    d = dict(dit_impl="fast", ops_backend="eager", precision="fp32", gradient_checkpointing=False, batch_size=16, lr_g=1e-4, lr_d=1e-4,
+             head_channels=32, head_c_mults=[1, 2, 4], head_strides=[2, 4, 4], exit_layer_ix=1,
+             t_dist="logsnr_uniform", s_dist="logit_normal", ema_beta=0.999, log_every=20, ckpt_every=100000,
+             keep_checkpoints=0, progress=False, tensorboard=False, seed=0, steps=1000)
+    d.update(overrides)
+    return d
+
+
+def arc_posttrain(base_dir: str, latents_dir: str, out_dir: str, steps: int = 1000, w_con: float = 1.0,
+                  seed: int = 0, **overrides) -> dict:
+    """ARC post-training with ``arc_fast.train.ARCTrainer`` from the base model folder; the EMA generator
+    is exported to ``<out_dir>/export``. Returns {"settings", "metrics", "seconds", "export"}."""
+    from ..train import ARCTrainer, TrainConfig
+    settings = arc_settings(model=base_dir, data=latents_dir, out_dir=out_dir, steps=steps, w_con=w_con, seed=seed,
+                            **overrides)
+    cfg = TrainConfig.from_dict(settings)
+    t0 = time.time()
+    trainer = ARCTrainer(cfg, device="cpu")
+    try:
+        metrics = trainer.train()
+    finally:
+        trainer.close()
+    summary = {"settings": settings, "metrics": metrics, "seconds": round(time.time() - t0, 1),
+               "export": os.path.join(out_dir, "export")}
+    _write_json(os.path.join(out_dir, "arc.json"), summary)
+    return summary
