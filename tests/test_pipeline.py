@@ -309,3 +309,21 @@ def test_int8_export_loads_and_runs_on_cpu(micro, tmp_path):
     assert 0 < r["relative_error"] < 0.1  # dynamic int8 (7-bit activations on x86), random micro weights
     a, _ = q("x", seconds=0.1, steps=2, seed=0)
     assert torch.isfinite(a).all() and a.shape == (1, 2, 800)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_fused_pipeline_with_init_audio():
+    """The GPU path users run: fused DiT + decoder, bf16 DiT and decoder, fp32 encoder, guards on."""
+    pipe = load_pipeline(device="cuda", dtype="bf16")
+    assert pipe.dtype == torch.bfloat16 and pipe.autoencoder_dtype == torch.bfloat16
+    assert type(pipe.autoencoder.decoder).__name__ == "FastOobleckDecoder"
+    x = tones(n=44100, sr=44100, freqs=(220.0, 330.0))
+    a, sr = pipe("a low sine tone", seconds=1.0, seed=0, init_audio=x, init_noise_level=0.5)
+    b, _ = pipe("a low sine tone", seconds=1.0, seed=0)
+    assert a.shape == b.shape == (1, 2, 44100) and torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert not torch.allclose(a, b)  # the init audio changed the result
+    with torch.inference_mode():
+        recon = pipe.decode(pipe.encode(torch.nn.functional.pad(x, (0, pipe.sample_size - 44100))[None].cuda()))
+    e, _ = pipe("a low sine tone", seconds=1.0, seed=0, init_audio=x, init_noise_level=1e-4)
+    assert rel(e, recon[..., :44100].cpu()) < 0.05  # bf16 latents: near-zero noise gives the reconstruction
