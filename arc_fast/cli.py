@@ -1,4 +1,4 @@
-"""Command line: ``arc-fast generate | convert | export | info | train`` (also ``python -m arc_fast ...``).
+"""Command line: ``arc-fast generate | convert | export | info | train | eval`` (also ``python -m arc_fast ...``).
 
 Every failure prints one line ``arc-fast: error: <what> (<what to do>)`` and exits non-zero, without a
 traceback and without leaving a partial output file (set ARC_FAST_DEBUG=1 for the traceback). Loader notes
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="which backends are live on this machine, and why not")
     sub.add_parser("train", help="ARC post-training from a JSON config (arc-fast train --help)", add_help=False)
+    sub.add_parser("eval", help="evaluate models on the synthetic prompts (arc-fast eval --help)", add_help=False)
     return p
 
 
@@ -221,16 +222,28 @@ def _export_cmd(args) -> int:
     return 0
 
 
-def _train(argv: list[str]) -> int:
+# Sub-commands that live in their own packages (imported only when run, so that the rest of the CLI works
+# where their dependencies are missing): name -> (module with add_parser(subparsers) and run(args), what, extra).
+DELEGATED = {
+    "train": ("arc_fast.train.cli", "training", "train"),
+    "eval": ("arc_fast.eval.cli", "evaluation", "dev"),
+}
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    import importlib
+    module, what, extra = DELEGATED[name]
     try:
-        from .train import cli as train_cli
+        mod = importlib.import_module(module)
     except ImportError as exc:
-        print(f"arc-fast: error: training is unavailable here: {exc} (pip install 'arc-fast[train]')", file=sys.stderr)
+        print(f"arc-fast: error: {what} is unavailable here: {exc} (pip install 'arc-fast[{extra}]')", file=sys.stderr)
         return 2
-    p = _Parser(prog="arc-fast", description="ARC post-training")
+    p = _Parser(prog="arc-fast", description=what)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train_cli.add_parser(sub)
-    return train_cli.run(p.parse_args(["train", *argv]))
+    mod.add_parser(sub)
+    args = p.parse_args([name, *argv])
+    args.argv = list(argv)  # the command line as given (eval records it in its results)
+    return mod.run(args)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -241,8 +254,8 @@ def main(argv=None) -> int:
     import warnings
     warnings.formatwarning = _one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        return _train(argv[1:])  # its own parser and error handling (arc_fast.train.cli)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])  # their own parsers and one-line error handling
     args = _parser().parse_args(argv)
     try:
         if args.command == "generate":

@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import sampling
-from .loader import (PREFIXES, CheckpointError, ResolvedCheckpoint, apply_int8_layout, build_models,  # noqa: F401
-                     check_state_dict, quantize_dit_state_dict, read_checkpoint, read_component, read_resolved,
-                     refresh_weight_norm, save_json, save_safetensors)
+from .loader import (PREFIXES, CheckpointError, apply_int8_layout, build_models, check_state_dict,
+                     quantize_dit_state_dict, read_component, read_resolved, refresh_weight_norm, save_json,
+                     save_safetensors)
+from .loader import ResolvedCheckpoint, read_checkpoint  # noqa: F401 - re-exported (older import path)
 from .reference.conditioners import MultiConditioner, assemble_dit_inputs
 
 logger = logging.getLogger("arc_fast")

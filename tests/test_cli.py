@@ -137,3 +137,15 @@ def test_cli_info_help_and_train_delegation(capsys, tmp_path):
     code, _, err = _main(capsys, "train", "--config", str(tmp_path / "missing.json"))
     assert code == 2 and "arc-fast train: error:" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    code, out, _ = _main(capsys, "eval", "--help")
+    assert code == 0 and "--base" in out
+    code, _, err = _main(capsys, "train")  # missing --config: a one-line usage error
+    assert code == 2 and "--config" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_delegation_without_the_package(capsys, monkeypatch):
+    monkeypatch.setitem(cli.DELEGATED, "train", ("arc_fast.no_such_module", "training", "train"))
+    code, _, err = _main(capsys, "train", "--config", "x.json")
+    assert code == 2 and "training is unavailable" in err and "arc-fast[train]" in err
+    code, out, _ = _main(capsys, "info")  # the rest of the CLI is unaffected
+    assert code == 0

@@ -6,7 +6,6 @@ import os
 import warnings
 
 import pytest
-import soundfile as sf
 import torch
 
 from arc_fast.configs import get_config
