@@ -220,6 +220,11 @@ def test_check_close_bounds():
         common.check_close("nan", torch.full_like(ref, float("nan")), ref, None, torch.float32)
     with pytest.raises(common.CheckError, match="shape"):
         common.check_close("shape", ref[:5], ref, None, torch.float32)
+    # An analytically zero gradient is rounding of the computation's terms: its floor follows their size.
+    zero, noise = torch.zeros(8), torch.full((8,), 2e-5)
+    with pytest.raises(common.CheckError):
+        common.check_close("zero grad", noise, zero, None, torch.float32)
+    common.check_close("zero grad", noise, zero, None, torch.float32, floor_scale=25.0)
 
 
 def test_time_cpu_repeats_and_quantiles():
