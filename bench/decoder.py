@@ -80,7 +80,10 @@ def run(ctx: Context) -> list:
         with torch.inference_mode():
             low = ref(zl) if dtype != torch.float32 else None
         ready = []   # (provider, ours, module, notes, err)
-        for prov, ours, build, reason, notes in _providers(ctx, ref, dtype):
+        first = len(rows)
+        provs = _providers(ctx, ref, dtype)
+        rank = {p[0]: i for i, p in enumerate(provs)}
+        for prov, ours, build, reason, notes in provs:
             ctx.log(f"[decoder] {prov} {dn}")
             if build is None:
                 rows.append(skipped(SUITE, name, label, dn, prov, "fwd", reason, ours))
@@ -106,6 +109,7 @@ def run(ctx: Context) -> list:
                 rows.append(skipped(SUITE, name, label, dn, prov, "fwd", "time budget exhausted", ours))
             else:
                 rows.append(ctx.fill(row, t, flops, "TFLOP/s", mem))
+        rows[first:] = sorted(rows[first:], key=lambda r: rank[r.provider])   # the table keeps the provider order
     return rows
 
 

@@ -142,7 +142,7 @@ def run_cpu(ctx: Context) -> list:
         outs[name] = run_one(dit, dec, not ours)[0]
     err = _rel_err(outs["arc_fast"], outs[baseline[0]])
     check_note = f"audio max|arc_fast - {baseline[0]}| / max|{baseline[0]}| = {err:.1e}"
-    if not err < 1e-3:
+    if not err < 1e-2:   # a wrong kernel is off by O(1); fp32 rounding over 8 steps + decode is ~1e-4
         return rows + [failed(SUITE, "total (text -> audio)", label, "fp32", "arc_fast", "fwd",
                               f"check failed, not timed: {check_note}", True)]
     # Timed runs, interleaved (ABAB / BABA) so that load changes on the shared CPU hit both alike.
@@ -245,9 +245,45 @@ def _cpu_extras(ctx, cfg, frames, B, ref_dit, fast_dit, fast_dec, cond_module) -
     rows.append(ctx.fill(Row(SUITE, "dit_step (int8)", label, "fp32", "reference+int8-dynamic", "fwd", ours=True,
                              notes=f"quantize_dynamic(nn.Linear, qint8) of the reference DiT; error vs fp32 FastDiT: "
                                    f"max {err:.2e} x max|out|, rel RMS {rms:.2e}; int8 weights, fp32 activations "
-                                   f"between layers"), tq, step_flops, "TFLOP/s", pm))
+                                   f"between layers; seeded random weights, so the error says little about trained-model audio quality"), tq, step_flops, "TFLOP/s", pm))
     del qdit
+    rows.append(_own_int8_row(ctx, ref_dit, fast_dit, x, t, cond, want, label, step_flops))
     return rows
+
+
+def _own_int8_row(ctx, ref_dit, fast_dit, x, t, cond, want, label, step_flops) -> Row:
+    """arc-fast's own int8 DiT (``arc_fast.loader.Int8Linear``: per-output-channel int8 weights, the layout of
+    ``arc-fast convert --int8``), on the reference module tree as the pipeline runs it."""
+    from arc_fast.ops import use_backend
+
+    name = "reference+Int8Linear"
+    try:
+        from arc_fast.loader import apply_int8_layout, quantize_dit_state_dict
+    except ImportError as exc:
+        return skipped(SUITE, "dit_step (int8)", label, "fp32", name, "fwd", f"arc_fast.loader has no int8 DiT: {exc}", True)
+    if ctx.out_of_time():
+        return skipped(SUITE, "dit_step (int8)", label, "fp32", name, "fwd", "time budget exhausted", True)
+    ctx.log("[e2e] arc-fast Int8Linear DiT")
+    try:
+        qsd, n = quantize_dit_state_dict(ref_dit, ref_dit.state_dict(), prefix="")
+        dit8 = models.copy_module(ref_dit)
+        apply_int8_layout(dit8, qsd)
+        dit8.load_state_dict(qsd, strict=True)
+        dit8.eval()
+        with torch.inference_mode(), use_backend("eager"):
+            got = dit8(x, t, **cond)
+            err = _rel_err(got, want)
+            rms = ((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()).item()
+            with ctx.peak_memory() as pm:
+                tq = ctx.time(lambda: dit8(x, t, **cond), long=True)
+        del dit8
+    except Exception as exc:  # noqa: BLE001
+        return failed(SUITE, "dit_step (int8)", label, "fp32", name, "fwd",
+                      f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", True)
+    return ctx.fill(Row(SUITE, "dit_step (int8)", label, "fp32", name, "fwd", ours=True,
+                        notes=f"arc_fast.loader Int8Linear on the {n} block Linears (per-channel int8 weights, as "
+                              f"`arc-fast convert --int8`); error vs fp32 FastDiT: max {err:.2e} x max|out|, rel RMS "
+                              f"{rms:.2e}; seeded random weights"), tq, step_flops, "TFLOP/s", pm)
 
 
 # ------------------------------------------------------------------------------------------------ CUDA

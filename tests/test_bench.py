@@ -138,6 +138,8 @@ def test_e2e_quick(tmp_path):
     assert "arc_fast threads=1" in threads
     q = _ok(res, op="dit_step (int8)", provider="reference+int8-dynamic")
     assert q and "error vs fp32" in q[0]["notes"]
+    own = [r for r in res["rows"] if r["provider"] == "reference+Int8Linear"]
+    assert own and (own[0]["status"] == "skipped" or "error vs fp32" in own[0]["notes"])
 
 
 def test_train_step_quick(tmp_path):
