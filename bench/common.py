@@ -532,7 +532,7 @@ def markdown(result: dict) -> str:
     p = result.get("peaks", {})
     commit = result.get("commit", "unknown")
     lines = [f"### {result.get('device_name')} ({result.get('device_type')})", "",
-             f"- date: {result.get('date')} | commit: `{commit[:12]}`{' (dirty tree)' if result.get('dirty') else ''}"
+             f"- date: {result.get('date')} | commit: `{commit[:12]}`{' + uncommitted changes under arc_fast/ kernels/ csrc/ bench/' if result.get('dirty') else ''}"
              f" | torch {result.get('torch')} | triton {result.get('triton')} | CUDA {result.get('cuda')}"
              f" | threads {result.get('threads')}",
              f"- measured peaks: copy {p.get('copy_GBps')} GB/s, {p.get('matmul_dtype')} matmul "
@@ -542,6 +542,14 @@ def markdown(result: dict) -> str:
                      f"times are noisy; min is the least disturbed figure)")
     for n in result.get("notes", []):
         lines.append(f"- {n}")
+    heads = [r for r in rows if r.status == "ok" and r.op.startswith("total") and r.median_ms]
+    if heads:
+        lines += ["", "#### headline: end-to-end text -> audio", ""]
+        for r in heads:
+            vs = f", {r.speedup:.2f}x vs {r.baseline}" if r.speedup is not None and r.baseline != r.provider else ""
+            mem = f", peak {r.peak_mem_mb:.0f} MB" if r.peak_mem_mb is not None else ""
+            lines.append(f"- {r.shape}, {r.dtype}: **{r.provider}** {_ms(r.median_ms)} ms median "
+                         f"({_ms(r.min_ms)} min){vs}{mem}")
     lines.append("")
     suites = []
     for r in rows:

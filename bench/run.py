@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-compile", action="store_true",
                    help="decoder suite: also time torch.compile of the whole decoder (CUDA; minutes of compile)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="run nothing: re-render the markdown, plots (and README table) of a result JSON into --out "
+                        "(default: the JSON's folder), e.g. a GPU result copied into bench/results")
     p.add_argument("--no-readme", action="store_true", help="do not refresh bench/README.md")
     return p
 
@@ -74,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         build_parser().error(f"--budget-s must be > 0, got {args.budget_s}")
     if args.compare is not None and not args.compare.is_file():
         build_parser().error(f"--compare: no such file {args.compare}")
+    if args.render is not None and not args.render.is_file():
+        build_parser().error(f"--render: no such file {args.render}")
     return args
 
 
@@ -83,8 +88,29 @@ def _logger(t0: float):
     return log
 
 
+def _write_report(result: dict, out_dir: Path, slug: str, args) -> str:
+    """Markdown (+ compare, plots) of ``result`` into ``out_dir``; refreshes README for bench/results."""
+    md = common.markdown(result)
+    if args.compare is not None:
+        md += "\n" + common.compare(result, json.loads(args.compare.read_text()))
+    if args.no_plots:
+        md += "\nplots: skipped (--no-plots)\n"
+    else:
+        from . import plotting
+        md += "\n" + plotting.plot_all(result, out_dir, slug) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{slug}.md").write_text(md)
+    if out_dir.resolve() == RESULTS.resolve() and not args.no_readme:
+        common.update_readme(README, slug, md)
+    return md
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        print(_write_report(result, args.out or args.render.parent, args.render.stem, args))
+        return 0
     try:
         device = common.resolve_device(args.device)
     except common.NoDevice as exc:
@@ -130,20 +156,9 @@ def main(argv=None) -> int:
         common.fill_speedups(rows, BASELINES)
         common.write_json(common.result_dict(env, peaks, rows, argd, notes), json_path)  # partial results survive
     result = common.result_dict(env, peaks, rows, argd, notes)
-    md = common.markdown(result)
-    if args.compare is not None:
-        md += "\n" + common.compare(result, json.loads(args.compare.read_text()))
-    if args.no_plots:
-        md += "\nplots: skipped (--no-plots)\n"
-    else:
-        from . import plotting
-        md += "\n" + plotting.plot_all(result, out_dir, slug) + "\n"
     common.write_json(result, json_path)
-    (out_dir / f"{slug}.md").write_text(md)
+    md = _write_report(result, out_dir, slug, args)
     print(md)
-    if out_dir.resolve() == RESULTS.resolve() and not args.no_readme:
-        common.update_readme(README, slug, md)
-        log(f"updated {README}")
     n_failed = sum(r.status == "failed" for r in rows)
     log(f"wrote {json_path} and {out_dir / (slug + '.md')} ({len(rows)} rows, {n_failed} failed) "
         f"in {time.monotonic() - t0:.0f}s")

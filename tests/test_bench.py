@@ -327,3 +327,16 @@ def test_e2e_cuda_path_dry_run_on_cpu(monkeypatch):
     assert by[("total (text -> audio)", "pipeline")].status == "ok"
     assert "last run: conditioner" in by[("total (text -> audio)", "pipeline")].notes
     assert by[("conditioner", "hash_text")].status == "ok"
+
+
+def test_render_existing_result(tmp_path, capsys):
+    rows = [common.Row("e2e", "total (text -> audio)", "B1 x", "fp32", p, "fwd", median_ms=ms, min_ms=ms, ours=o)
+            for p, ms, o in (("stable-audio-tools", 12.0, False), ("arc_fast", 10.0, True))]
+    common.fill_speedups(rows, run.BASELINES)
+    src = tmp_path / "dev.json"
+    common.write_json(_result(rows), src)
+    out = tmp_path / "out"
+    assert run.main(["--render", str(src), "--out", str(out), "--no-plots"]) == 0
+    md = (out / "dev.md").read_text()
+    assert "headline" in md and "**arc_fast** 10 ms median (10 min), 1.20x vs stable-audio-tools" in md
+    assert md in capsys.readouterr().out
