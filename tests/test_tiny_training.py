@@ -53,7 +53,8 @@ def test_stage1_autoencoder_and_latents(run_dir):
     assert s["steps_done"] == 2 and s["latent_std_before_fold"] > 0
     from arc_fast.train.data import LatentDataset
     ds = LatentDataset(os.path.join(run_dir, "latents"), latent_channels=16)
-    assert len(ds) == 8 and ds.frames == tiny.WINDOW // 2048
+    hop = tiny.TINY_TRAINED["model"]["pretransform"]["config"]["downsampling_ratio"]
+    assert len(ds) == 8 and ds.frames == tiny.WINDOW // hop
     assert ds[0]["prompt"] and 1.0 <= ds[0]["seconds_total"] <= 1.5
 
 

@@ -42,14 +42,14 @@ TINY_TRAINED: dict = {
             "iterate_batch": True,
             "config": {
                 "encoder": {"type": "oobleck", "config": {"in_channels": 2, "latent_dim": 32, "channels": 8,
-                                                          "c_mults": [2, 4, 8, 16], "strides": [4, 8, 8, 8],
+                                                          "c_mults": [2, 4, 8], "strides": [2, 4, 4],
                                                           "use_snake": True}},
                 "decoder": {"type": "oobleck", "config": {"out_channels": 2, "latent_dim": 16, "channels": 8,
-                                                          "c_mults": [2, 4, 8, 16], "strides": [4, 8, 8, 8],
+                                                          "c_mults": [2, 4, 8], "strides": [2, 4, 4],
                                                           "use_snake": True, "final_tanh": False}},
                 "bottleneck": {"type": "vae"},
                 "latent_dim": 16,
-                "downsampling_ratio": 2048,
+                "downsampling_ratio": 32,
                 "io_channels": 2,
             },
         },
@@ -68,6 +68,7 @@ TINY_TRAINED: dict = {
             "diffusion_objective": "rectified_flow",
             "config": {
                 "io_channels": 16,
+                "patch_size": 64,
                 "embed_dim": 128,
                 "depth": 4,
                 "num_heads": 4,
@@ -152,20 +153,28 @@ def build_autoencoder(config: dict | None = None, seed: int = 0):
 
 def train_autoencoder(out_dir: str, steps: int = 600, batch: int = 8, crop: int = 8192, lr: float = 1e-3,
                       kl_weight: float = 1e-4, l1_weight: float = 0.1, pool_clips: int = 384, seed: int = 0,
-                      log_every: int = 25, time_limit: float | None = None) -> dict:
-    """Train the VAE; writes ``<out_dir>/autoencoder.pt`` (state dict, latent scale folded in) and
+                      log_every: int = 25, time_limit: float | None = None, init: str | None = None,
+                      ffts: tp.Sequence[int] = (2048, 512, 128), grad_clip: float = 5.0,
+                      freeze_encoder: bool = False) -> dict:
+    """Train the VAE (from ``init``, a saved state dict, when given); writes ``<out_dir>/autoencoder.pt`` (state dict, latent scale folded in) and
     ``autoencoder.json`` (settings, steps done, final losses, latent std before folding). Returns that dict.
 
     time_limit: stop early after this many seconds (the steps actually done are recorded).
+    freeze_encoder: fine-tune the decoder only (latents already encoded with ``init`` stay valid; no KL term,
+    no scale folding).
     """
     os.makedirs(out_dir, exist_ok=True)
     log_path = os.path.join(out_dir, "autoencoder_log.jsonl")
     if os.path.exists(log_path):
         os.remove(log_path)
     ae = build_autoencoder(seed=seed).train()
+    if init:
+        ae.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    if freeze_encoder:
+        ae.encoder.requires_grad_(False).eval()
     pool, seconds, _, _ = make_pool(pool_clips, seed)
     rng = np.random.default_rng([seed, 1])
-    opt = torch.optim.AdamW(ae.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in ae.parameters() if p.requires_grad], lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(n, steps) / steps))))
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -173,16 +182,22 @@ def train_autoencoder(out_dir: str, steps: int = 600, batch: int = 8, crop: int 
     done = 0
     for step in range(steps):
         x = _crop_batch(pool, seconds, rng, batch, crop)
-        z, info = ae.encode(x, return_info=True, generator=gen)
+        with torch.set_grad_enabled(not freeze_encoder):
+            z, info = ae.encode(x, return_info=True, generator=gen)
         y = ae.decode(z)
-        spec = mrstft_loss(y, x)
+        spec = mrstft_loss(y, x, ffts)
         l1 = (y - x).abs().mean()
-        loss = spec + l1_weight * l1 + kl_weight * info["kl"]
+        loss = spec + l1_weight * l1 + (0.0 if freeze_encoder else kl_weight) * info["kl"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(ae.parameters(), 5.0)
+        gn = torch.nn.utils.clip_grad_norm_(ae.parameters(), grad_clip)
         if not torch.isfinite(loss):
             raise RuntimeError(f"autoencoder: non-finite loss at step {step}")
+        if float(gn) > 100 * grad_clip:
+            # A rare exploding batch: skip it rather than let a clipped but huge update through.
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            continue
         opt.step()
         sched.step()
         done = step + 1
@@ -197,8 +212,10 @@ def train_autoencoder(out_dir: str, steps: int = 600, batch: int = 8, crop: int 
     with torch.no_grad():
         lat = torch.cat([ae.encode(torch.from_numpy(pool[i:i + 16]), sample=False) for i in range(0, min(64, pool_clips), 16)])
     std = float(lat.std())
-    fold_latent_scale(ae, std)
-    summary = {"steps_requested": steps, "steps_done": done, "batch": batch, "crop": crop, "lr": lr,
+    if not freeze_encoder:
+        fold_latent_scale(ae, std)
+    summary = {"steps_requested": steps, "steps_done": done, "batch": batch, "crop": crop, "lr": lr, "init": init,
+               "ffts": list(ffts), "grad_clip": grad_clip, "freeze_encoder": freeze_encoder,
                "kl_weight": kl_weight, "l1_weight": l1_weight, "pool_clips": pool_clips, "seed": seed,
                "seconds": round(time.time() - t0, 1), "latent_std_before_fold": std,
                "final": {k: float(np.mean(v[-log_every:])) for k, v in hist.items()}}
@@ -377,3 +394,24 @@ def arc_posttrain(base_dir: str, latents_dir: str, out_dir: str, steps: int = 10
                "export": os.path.join(out_dir, "export")}
     _write_json(os.path.join(out_dir, "arc.json"), summary)
     return summary
+
+
+@torch.no_grad()
+def reconstruction_report(ae, seed: int = 5) -> dict:
+    """How well the VAE keeps what the evaluation measures: the pitch of every (wave, pitch) tone after
+    encode/decode (median and max error in cents) and the multi-resolution STFT loss on one clip per family."""
+    from ..eval.metrics import cents, estimate_f0
+    from .synthetic import FAMILIES, PITCHES, WAVES
+    errs = []
+    for wave in WAVES:
+        clips = [make_clip(seed, i, "test", params={"family": "tone", "wave": wave, "pitch": f, "mod": None})
+                 for i, f in enumerate(PITCHES)]
+        x = torch.from_numpy(np.stack([c.audio for c in clips]))
+        y = ae.decode(ae.encode(x, sample=False))
+        for c, yy in zip(clips, y):
+            errs.append(cents(estimate_f0(yy[:, :SAMPLE_RATE]), c.params["pitch"]))
+    fam = [make_clip(seed, 100 + i, "test", family=f) for i, f in enumerate(FAMILIES)]
+    x = torch.from_numpy(np.stack([c.audio for c in fam]))
+    y = ae.decode(ae.encode(x, sample=False))
+    return {"pitch_cents_median": float(np.median(errs)), "pitch_cents_max": float(np.max(errs)),
+            "tones_within_50c": float(np.mean(np.array(errs) < 50)), "mrstft": float(mrstft_loss(y, x))}
