@@ -74,7 +74,9 @@ def test_sizes_fwd_bwd_with_poisoned_outputs(B, H, Lq, Lk, D, opts, dtypes):
                 # Analytically zero (one bias shifts every key's logit equally; softmax ignores it): only
                 # rounding noise remains, bounded relative to the k-norm weight's gradient.
                 noise = (g.float() - rgrads32[n]).abs().max().item()
-                assert noise <= 1e-4 * rgrads32["k_norm_weight"].abs().max().item() + 1e-5, f"dk_norm_bias {noise:.3e}"
+                rel = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]  # ~ a few eps
+                bound = rel * rgrads32["k_norm_weight"].abs().max().item() + 1e-5
+                assert noise <= bound, f"dk_norm_bias[{name}] {noise:.3e} > {bound:.3e}"
                 continue
             assert_close_to_ref(f"d{n}[{name}]", g, rgrads32[n], rgradslp[n], dtype)
         if opts.get("mask") == "row":
