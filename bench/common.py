@@ -242,11 +242,11 @@ def check_close(name: str, out: torch.Tensor, ref32: torch.Tensor, reflow: Optio
                 dtype: torch.dtype, k: float = 4.0, rtol32: Optional[float] = None, floor_scale: float = 1.0) -> float:
     """Raise CheckError unless ``out`` is as close to the fp32 oracle as eager PyTorch is in ``dtype``.
 
-    fp32: max|out - ref| <= rtol32 * max|ref| + 1e-5 * max(floor_scale, 1) (rtol32: 1e-3 on the CPU, 5e-3 on CUDA
-    where cuBLAS/cuDNN and Triton use TF32 by default; a wrong kernel is off by O(max|ref|)). ``floor_scale`` is the magnitude of the computation the
-    tensor comes from (e.g. the largest of a case's outputs and gradients): a gradient that is analytically
-    zero (attention's k-norm bias: softmax ignores a shift shared by all keys) is pure rounding of terms of that
-    size. fp16/bf16: max|out - ref| <= k * max|reflow - ref| + floor(dtype) * max(|ref|, 1) / 4 with ``reflow``
+    fp32: max|out - ref| <= rtol32 * max|ref| + 1e-5 * max(floor_scale, 1) (rtol32: 1e-3 on the CPU, 5e-3 on
+    CUDA where cuBLAS/cuDNN and Triton use TF32 by default; a wrong kernel is off by O(max|ref|)).
+    ``floor_scale`` is the magnitude of the computation the tensor comes from (e.g. the largest of a case's
+    outputs and gradients): a gradient that is analytically zero (attention's k-norm bias: softmax ignores a
+    shift shared by all keys) is pure rounding of terms of that size. fp16/bf16: max|out - ref| <= k * max|reflow - ref| + floor(dtype) * max(|ref|, 1) / 4 with ``reflow``
     the eager op run in ``dtype``. Returns the max error.
     """
     if tuple(out.shape) != tuple(ref32.shape):
@@ -531,8 +531,9 @@ def markdown(result: dict) -> str:
     rows = rows_from_dict(result)
     p = result.get("peaks", {})
     commit = result.get("commit", "unknown")
+    dirty = " + uncommitted changes under arc_fast/ kernels/ csrc/ bench/" if result.get("dirty") else ""
     lines = [f"### {result.get('device_name')} ({result.get('device_type')})", "",
-             f"- date: {result.get('date')} | commit: `{commit[:12]}`{' + uncommitted changes under arc_fast/ kernels/ csrc/ bench/' if result.get('dirty') else ''}"
+             f"- date: {result.get('date')} | commit: `{commit[:12]}`{dirty}"
              f" | torch {result.get('torch')} | triton {result.get('triton')} | CUDA {result.get('cuda')}"
              f" | threads {result.get('threads')}",
              f"- measured peaks: copy {p.get('copy_GBps')} GB/s, {p.get('matmul_dtype')} matmul "

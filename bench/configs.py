@@ -89,7 +89,10 @@ class ConvCase:
     residual: bool = False
 
     def label(self, batch: int) -> str:
-        extra = f"s{self.stride}" if self.kind == "up" else f"k{self.K} d{self.dilation}" + (" +res" if self.residual else "")
+        if self.kind == "up":
+            extra = f"s{self.stride}"
+        else:
+            extra = f"k{self.K} d{self.dilation}" + (" +res" if self.residual else "")
         return f"B{batch} {self.cin}->{self.cout} T{self.T} {extra}"
 
 

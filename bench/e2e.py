@@ -212,14 +212,16 @@ def _cpu_extras(ctx, cfg, frames, B, ref_dit, fast_dit, fast_dec, cond_module) -
             for op, fn, work in (("dit_step (threads)", lambda: fast_dit(x, t, **cond), step_flops),
                                  ("decoder (threads)", lambda: fast_dec(z), dec_flops)):
                 if ctx.out_of_time():
-                    rows.append(skipped(SUITE, op, label, "fp32", f"arc_fast threads={n}", "fwd", "time budget exhausted", True))
+                    rows.append(skipped(SUITE, op, label, "fp32", f"arc_fast threads={n}", "fwd",
+                                        "time budget exhausted", True))
                     continue
                 ctx.log(f"[e2e] {op} threads={n}")
                 with torch.inference_mode(), use_backend("eager"):
                     with ctx.peak_memory() as pm:
                         tm = ctx.time(fn, long=True)
                 rows.append(ctx.fill(Row(SUITE, op, label, "fp32", f"arc_fast threads={n}", "fwd", ours=True,
-                                         notes="torch.set_num_threads; eager ops" + ("; this run's setting" if n == base_threads else "")),
+                                         notes="torch.set_num_threads; eager ops"
+                                               + ("; this run's setting" if n == base_threads else "")),
                                      tm, work, "TFLOP/s", pm))
     finally:
         torch.set_num_threads(base_threads)
@@ -245,7 +247,8 @@ def _cpu_extras(ctx, cfg, frames, B, ref_dit, fast_dit, fast_dec, cond_module) -
     rows.append(ctx.fill(Row(SUITE, "dit_step (int8)", label, "fp32", "reference+int8-dynamic", "fwd", ours=True,
                              notes=f"quantize_dynamic(nn.Linear, qint8) of the reference DiT; error vs fp32 FastDiT: "
                                    f"max {err:.2e} x max|out|, rel RMS {rms:.2e}; int8 weights, fp32 activations "
-                                   f"between layers; seeded random weights, so the error says little about trained-model audio quality"), tq, step_flops, "TFLOP/s", pm))
+                                   f"between layers; seeded random weights, so the error says little about "
+                                   f"trained-model audio quality"), tq, step_flops, "TFLOP/s", pm))
     del qdit
     rows.append(_own_int8_row(ctx, ref_dit, fast_dit, x, t, cond, want, label, step_flops))
     return rows
@@ -389,12 +392,14 @@ def run_cuda(ctx: Context) -> list:
                 rows.append(skipped(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", why or "unavailable", ours))
                 continue
             if ctx.out_of_time():
-                rows.append(skipped(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", "time budget exhausted", ours))
+                rows.append(skipped(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", "time budget exhausted",
+                                    ours))
                 continue
             ctx.log(f"[e2e] B{B} {name}")
             try:
                 with torch.inference_mode():
-                    e1 = check_close(f"e2e/{name} dit_step", dit(x.to(dtype), t.to(dtype), **cond_l), want_step, low_step, dtype)
+                    e1 = check_close(f"e2e/{name} dit_step", dit(x.to(dtype), t.to(dtype), **cond_l), want_step,
+                                     low_step, dtype)
                     e2 = check_close(f"e2e/{name} decoder", dec(z.to(dtype)), want_dec, low_dec, dtype)
                     ts_ = ctx.time(lambda: dit(x.to(dtype), t.to(dtype), **cond_l))
                     td = ctx.time(lambda: dec(z.to(dtype)), long=True)

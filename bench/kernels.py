@@ -405,7 +405,8 @@ def _conv_case(ctx, c: configs.ConvCase, B: int) -> Case:
         return f
 
     def providers(ctx, case, dtype):
-        ps = [Provider("eager", call_ref, notes="reference snake_beta + F.conv" + ("_transpose1d" if c.kind == "up" else "1d")),
+        conv = "F.conv_transpose1d" if c.kind == "up" else "F.conv1d"
+        ps = [Provider("eager", call_ref, notes=f"reference snake_beta + {conv}"),
               _compile(ctx, call_ref, "reference")]
         if ctx.device == "cpu":
             ps.append(Provider("arc_fast-eager", via("eager"), ours=True,
@@ -422,7 +423,8 @@ def _conv_case(ctx, c: configs.ConvCase, B: int) -> Case:
                 why = None if _cuda.available() else (_cuda.unavailable_reason() or "arc_fast._cuda unavailable")
             except Exception as exc:  # noqa: BLE001
                 why = f"arc_fast._cuda import failed: {exc}"
-            ps.append(Provider("cuda", None if why else via("cuda"), ours=True, reason=why and f"CUDA ext unavailable: {why}",
+            ps.append(Provider("cuda", None if why else via("cuda"), ours=True,
+                               reason=why and f"CUDA ext unavailable: {why}",
                                notes="csrc fused SnakeBeta + conv"))
         return ps
 
@@ -600,7 +602,8 @@ def run(ctx: Context) -> list:
     for which in ("no_compile", "compile"):
         for i, case in enumerate(cases):
             for dtype in ctx.dtypes:
-                ctx.log(f"[kernels] {case.op} {case.label} {dtype_name(dtype)}" + (" (compile)" if which == "compile" else ""))
+                tag = " (compile)" if which == "compile" else ""
+                ctx.log(f"[kernels] {case.op} {case.label} {dtype_name(dtype)}{tag}")
                 per.setdefault((i, dtype_name(dtype)), []).extend(run_case(ctx, case, dtype, which))
     order = {"eager": 0, "compile": 1}
     rows = []

@@ -273,7 +273,8 @@ def test_update_readme_replaces_its_section(tmp_path):
 
 
 def test_plots(tmp_path, monkeypatch):
-    rows = [common.Row("kernels", "op", "s", "fp32", p, "fwd", median_ms=ms, min_ms=ms) for p, ms in (("a", 1.0), ("b", 2.0))]
+    rows = [common.Row("kernels", "op", "s", "fp32", p, "fwd", median_ms=ms, min_ms=ms)
+            for p, ms in (("a", 1.0), ("b", 2.0))]
     from bench import plotting
     if importlib.util.find_spec("matplotlib") is not None:
         line = plotting.plot_all(_result(rows), tmp_path, "dev")
