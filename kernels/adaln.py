@@ -47,13 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from arc_fast.ops._dispatch import interpreter_active
-except ImportError:  # pragma: no cover - kernels used without the package on the path
-    import os
-
-    def interpreter_active() -> bool:
-        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._common import (MAX_GRID_YZ, as_3d, device_reasons, interpreter_active, launch, raise_if, rne_bf16,
+                      rne_flag)
 
 # ---------------------------------------------------------------------------------------------------------
 # Capabilities
@@ -66,7 +61,6 @@ IS_DETERMINISTIC = True
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
-_MAX_GRID_YZ = 65535
 _INTERPRETER_ROWS = 32         # rows per program (one tile) under the interpreter (fixed; no autotune)
 _INTERPRETER_BLOCK_L = 32      # gated residual tile under the interpreter
 _INTERPRETER_BLOCK_D = 512
@@ -74,20 +68,42 @@ _INTERPRETER_BLOCK_D = 512
 
 # ---------------------------------------------------------------------------------------------------------
 # Kernels
-@triton.jit
-def _rne_bf16(x, ENABLED: tl.constexpr):
-    """Round fp32 to the nearest-even bf16 value (kept in fp32) when ENABLED.
-
-    The Triton interpreter casts fp32 -> bf16 by truncation (measured on 3.9), the GPU rounds to nearest
-    even. Rounding first makes the interpreter's truncating cast exact, so CPU tests see GPU numerics.
-    ENABLED is set only under the interpreter for bf16 outputs; on the GPU this compiles to nothing.
-    """
-    if ENABLED:
-        bits = x.to(tl.uint32, bitcast=True)
-        x = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)
-    return x
-
 # ---------------------------------------------------------------------------------------------------------
+@triton.jit
+def _row_weight(gamma_ptr, scale_ptr, b, s_sc_b, cols, cmask, BLOCK_D: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                HAS_SCALE: tl.constexpr):
+    """The fp32 factor w = gamma * (1 + scale[b]) of batch b over the columns (1 where a factor is absent)."""
+    w = tl.full([BLOCK_D], 1.0, tl.float32)
+    if HAS_GAMMA:
+        w = w * tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        w = w * (1.0 + tl.load(scale_ptr + b * s_sc_b + cols, mask=cmask, other=0.0).to(tl.float32))
+    return w
+
+
+@triton.jit
+def _gate_tile(gate_ptr, b, s_g_b, cols, cmask, SIGMOID_GATE: tl.constexpr):
+    """The fp32 gate factor g of batch b over the columns: sigmoid(1 - gate) or gate."""
+    g = tl.load(gate_ptr + b * s_g_b + cols, mask=cmask, other=0.0).to(tl.float32)
+    if SIGMOID_GATE:
+        g = tl.sigmoid(1.0 - g)
+    return g
+
+
+@triton.jit
+def _bld_tile(L, D, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (BLOCK_L, BLOCK_D) tile, grid (row blocks, column blocks, batch): returns
+    (batch, int64 rows, columns, column mask, tile mask)."""
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    rows = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    m = (rows < L)[:, None] & cmask[None, :]
+    return b, rows, cols, cmask, m
+
+
 @triton.jit
 def _adaln_fwd_kernel(
     x_ptr,        # (B, L, D) input, strided rows, unit column stride
@@ -112,11 +128,7 @@ def _adaln_fwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
     # The per-sample factors are loaded once per program and reused by all its rows.
-    w = tl.full([BLOCK_D], 1.0, tl.float32)
-    if HAS_GAMMA:
-        w = w * tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        w = w * (1.0 + tl.load(scale_ptr + b * s_sc_b + cols, mask=cmask, other=0.0).to(tl.float32))
+    w = _row_weight(gamma_ptr, scale_ptr, b, s_sc_b, cols, cmask, BLOCK_D, HAS_GAMMA, HAS_SCALE)
     if HAS_SHIFT:
         sh = tl.load(shift_ptr + b * s_sh_b + cols, mask=cmask, other=0.0).to(tl.float32)
     for t in range(ROWS // BLOCK_R):
@@ -134,7 +146,7 @@ def _adaln_fwd_kernel(
         if HAS_SHIFT:
             y = y + sh[None, :]
         row = b * L + r64
-        y = _rne_bf16(y, RNE_BF16)
+        y = rne_bf16(y, RNE_BF16)
         tl.store(y_ptr + row[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=m)
         tl.store(mean_ptr + row, mean, mask=rmask)
         tl.store(rstd_ptr + row, rstd, mask=rmask)
@@ -163,11 +175,7 @@ def _adaln_bwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     cmask = cols < D
-    w = tl.full([BLOCK_D], 1.0, tl.float32)
-    if HAS_GAMMA:
-        w = w * tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        w = w * (1.0 + tl.load(scale_ptr + b * s_sc_b + cols, mask=cmask, other=0.0).to(tl.float32))
+    w = _row_weight(gamma_ptr, scale_ptr, b, s_sc_b, cols, cmask, BLOCK_D, HAS_GAMMA, HAS_SCALE)
     acc_dy = tl.zeros([BLOCK_D], tl.float32)
     acc_dyx = tl.zeros([BLOCK_D], tl.float32)
     for t in range(ROWS // BLOCK_R):
@@ -186,7 +194,7 @@ def _adaln_bwd_kernel(
         g = dy * w[None, :]
         c1 = tl.sum(g * xhat, axis=1) / D
         c2 = tl.sum(g, axis=1) / D
-        dx = _rne_bf16((g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], RNE_BF16)
+        dx = rne_bf16((g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], RNE_BF16)
         tl.store(dx_ptr + row[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m)
         if NEED_SUMS:
             acc_dy += tl.sum(dy, axis=0)
@@ -210,21 +218,12 @@ def _gated_residual_fwd_kernel(
     HAS_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     RNE_BF16: tl.constexpr,   # pre-round bf16 outputs (interpreter only)
 ):
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    rows = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    m = (rows < L)[:, None] & cmask[None, :]
+    b, rows, cols, cmask, m = _bld_tile(L, D, BLOCK_L, BLOCK_D)
     x = tl.load(x_ptr + b * s_xb + rows[:, None] * s_xl + cols[None, :], mask=m, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + b * s_yb + rows[:, None] * s_yl + cols[None, :], mask=m, other=0.0).to(tl.float32)
     if HAS_GATE:
-        g = tl.load(gate_ptr + b * s_g_b + cols, mask=cmask, other=0.0).to(tl.float32)
-        if SIGMOID_GATE:
-            g = tl.sigmoid(1.0 - g)
-        y = y * g[None, :]
-    out = _rne_bf16(x + y, RNE_BF16)
+        y = y * _gate_tile(gate_ptr, b, s_g_b, cols, cmask, SIGMOID_GATE)[None, :]
+    out = rne_bf16(x + y, RNE_BF16)
     tl.store(out_ptr + (b * L + rows[:, None]) * D + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -243,25 +242,18 @@ def _gated_residual_bwd_kernel(
     SIGMOID_GATE: tl.constexpr, NEED_DGATE: tl.constexpr,
     RNE_BF16: tl.constexpr,   # pre-round bf16 outputs (interpreter only)
 ):
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    rows = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    m = (rows < L)[:, None] & cmask[None, :]
+    b, rows, cols, cmask, m = _bld_tile(L, D, BLOCK_L, BLOCK_D)
     do = tl.load(do_ptr + b * s_ob + rows[:, None] * s_ol + cols[None, :] * s_od, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(gate_ptr + b * s_g_b + cols, mask=cmask, other=0.0).to(tl.float32)
-    if SIGMOID_GATE:
-        g = tl.sigmoid(1.0 - g)
-    dy = _rne_bf16(do * g[None, :], RNE_BF16)
+    g = _gate_tile(gate_ptr, b, s_g_b, cols, cmask, SIGMOID_GATE)
+    dy = rne_bf16(do * g[None, :], RNE_BF16)
     tl.store(dy_ptr + (b * L + rows[:, None]) * D + cols[None, :], dy.to(dy_ptr.dtype.element_ty), mask=m)
     if NEED_DGATE:
         y = tl.load(y_ptr + b * s_yb + rows[:, None] * s_yl + cols[None, :], mask=m, other=0.0).to(tl.float32)
         part = tl.sum(do * y, axis=0)
         if SIGMOID_GATE:
             part = -part * g * (1.0 - g)
-        tl.store(pg_ptr + (b * NBLK + pid_l) * D + cols, part, mask=cmask)
+        # One partials row per (batch, row block): this program's row block is its grid axis 0.
+        tl.store(pg_ptr + (b * NBLK + tl.program_id(0)) * D + cols, part, mask=cmask)
 
 
 _gated_residual_fwd_tuned = triton.autotune(
@@ -271,28 +263,9 @@ _gated_residual_fwd_tuned = triton.autotune(
 )(_gated_residual_fwd_kernel)
 
 
-def _rne_flag(dtype: torch.dtype) -> bool:
-    """Whether kernels must pre-round bf16 outputs (see ``_rne_bf16``)."""
-    return dtype == torch.bfloat16 and interpreter_active()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-def _device_reasons(x: torch.Tensor, name: str) -> list[str]:
-    if x.device.type == "cpu":
-        return [] if interpreter_active() else [f"{name}: CPU tensors need TRITON_INTERPRET=1 for the Triton kernel"]
-    if x.device.type == "cuda":
-        cap = _capability(x.device.index)
-        return [] if cap >= MIN_CAPABILITY else [f"{name}: compute capability {cap} < {MIN_CAPABILITY}"]
-    return [f"{name}: device {x.device} is not supported (cuda, or cpu under TRITON_INTERPRET=1)"]
-
-
 def _per_sample_reasons(name: str, t: torch.Tensor, x: torch.Tensor) -> list[str]:
     """Checks for a (Bs, D) / (Bs, 1, D) per-sample tensor against x (B, L, D)."""
     reasons = []
@@ -317,7 +290,7 @@ def not_supported_reasons(x: torch.Tensor, gamma: Optional[torch.Tensor] = None,
     for name, t in (("x", x), ("gamma", gamma), ("scale", scale), ("shift", shift)):
         if t is not None and not isinstance(t, torch.Tensor):
             return [f"{name} must be a torch.Tensor or None, got {type(t).__name__}"]
-    reasons = _device_reasons(x, "x")
+    reasons = device_reasons(x, "x", MIN_CAPABILITY)
     if x.dtype not in SUPPORTED_DTYPES:
         reasons.append(f"x: dtype {x.dtype} not in {SUPPORTED_DTYPES}")
     if x.dim() == 0:
@@ -327,8 +300,8 @@ def not_supported_reasons(x: torch.Tensor, gamma: Optional[torch.Tensor] = None,
         reasons.append(f"x: D = {D} > MAX_D = {MAX_D}")
     if x.numel() > 0 and x.stride(-1) != 1:
         reasons.append(f"x: stride(-1) must be 1, got {x.stride(-1)}")
-    if x.dim() == 3 and x.shape[0] > _MAX_GRID_YZ:
-        reasons.append(f"x: batch {x.shape[0]} > {_MAX_GRID_YZ} (grid axis limit)")
+    if x.dim() == 3 and x.shape[0] > MAX_GRID_YZ:
+        reasons.append(f"x: batch {x.shape[0]} > {MAX_GRID_YZ} (grid axis limit)")
     if gamma is not None:
         if gamma.device != x.device:
             reasons.append(f"gamma: device {gamma.device} differs from x's {x.device}")
@@ -349,7 +322,7 @@ def gated_residual_not_supported_reasons(x: torch.Tensor, y: torch.Tensor, gate:
     for name, t in (("x", x), ("y", y), ("gate", gate)):
         if (t is not None or name != "gate") and not isinstance(t, torch.Tensor):
             return [f"{name} must be a torch.Tensor{' or None' if name == 'gate' else ''}, got {type(t).__name__}"]
-    reasons = _device_reasons(x, "x")
+    reasons = device_reasons(x, "x", MIN_CAPABILITY)
     if x.dtype not in SUPPORTED_DTYPES:
         reasons.append(f"x: dtype {x.dtype} not in {SUPPORTED_DTYPES}")
     if y.dtype != x.dtype:
@@ -360,20 +333,14 @@ def gated_residual_not_supported_reasons(x: torch.Tensor, y: torch.Tensor, gate:
         return reasons + [f"x: expected shape (B, L, D), got {tuple(x.shape)}"]
     if y.shape != x.shape:
         reasons.append(f"y: shape {tuple(y.shape)} must equal x's shape {tuple(x.shape)}")
-    if x.shape[0] > _MAX_GRID_YZ:
-        reasons.append(f"x: batch {x.shape[0]} > {_MAX_GRID_YZ} (grid axis limit)")
+    if x.shape[0] > MAX_GRID_YZ:
+        reasons.append(f"x: batch {x.shape[0]} > {MAX_GRID_YZ} (grid axis limit)")
     for name, t in (("x", x), ("y", y)):
         if t.numel() > 0 and t.stride(-1) != 1:
             reasons.append(f"{name}: stride(-1) must be 1, got {t.stride(-1)}")
     if gate is not None:
         reasons += _per_sample_reasons("gate", gate, x)
     return reasons
-
-
-def _raise_if(reasons: list[str], what: str) -> None:
-    if reasons:
-        kind = TypeError if any("dtype" in r or "must be a torch.Tensor" in r for r in reasons) else ValueError
-        raise kind(f"{what}: " + "; ".join(reasons))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,11 +357,6 @@ def _sums_shape(x_shape, need: bool) -> tuple[int, ...]:
         return (0,)
     batch = x_shape[0] if len(x_shape) == 3 else 1
     return (batch, x_shape[-1])
-
-
-def _as_bld(t: torch.Tensor) -> torch.Tensor:
-    """View as (B, L, D): 3-D as is, other ranks as (1, N, D) (a copy only if no view exists)."""
-    return t if t.dim() == 3 else t.reshape(1, -1, t.shape[-1])
 
 
 def _batch_stride(t: Optional[torch.Tensor]) -> int:
@@ -430,14 +392,14 @@ def _ln_config(D: int, B: int, L: int, device: torch.device) -> tuple[int, int, 
 def adaln_fwd(x: torch.Tensor, gamma: Optional[torch.Tensor], scale: Optional[torch.Tensor],
               shift: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Checked launch of the forward: returns (y in x.dtype, mean fp32, rstd fp32), stats shaped x.shape[:-1]."""
-    _raise_if(not_supported_reasons(x, gamma, scale, shift), "adaln_layer_norm")
+    raise_if(not_supported_reasons(x, gamma, scale, shift), "adaln_layer_norm")
     y_shape, stat_shape = _fwd_shapes(x.shape)
     y = torch.empty(y_shape, dtype=x.dtype, device=x.device)
     mean = torch.empty(stat_shape, dtype=torch.float32, device=x.device)
     rstd = torch.empty(stat_shape, dtype=torch.float32, device=x.device)
     if x.numel() == 0:
         return y, mean, rstd
-    x3 = _as_bld(x)
+    x3 = as_3d(x)
     B, L, D = x3.shape
     block_d, block_r, rows, num_warps = _ln_config(D, B, L, x.device)
     grid = (triton.cdiv(L, rows), B)
@@ -445,7 +407,7 @@ def adaln_fwd(x: torch.Tensor, gamma: Optional[torch.Tensor], scale: Optional[to
         x3, y, gamma, scale, shift, mean, rstd, L, D, x3.stride(0), x3.stride(1),
         _batch_stride(scale), _batch_stride(shift), float(eps),
         ROWS=rows, BLOCK_R=block_r, BLOCK_D=block_d, HAS_GAMMA=gamma is not None, HAS_SCALE=scale is not None,
-        HAS_SHIFT=shift is not None, RNE_BF16=_rne_flag(x.dtype), num_warps=num_warps)
+        HAS_SHIFT=shift is not None, RNE_BF16=rne_flag(x.dtype), num_warps=num_warps)
     return y, mean, rstd
 
 
@@ -459,7 +421,7 @@ def adaln_bwd(dy: torch.Tensor, x: torch.Tensor, gamma: Optional[torch.Tensor], 
     if x.numel() == 0:
         z = torch.zeros(sums_shape, dtype=torch.float32, device=x.device)
         return dx, z, z.clone()
-    x3, dy3 = _as_bld(x), _as_bld(dy)
+    x3, dy3 = as_3d(x), as_3d(dy)
     B, L, D = x3.shape
     block_d, block_r, rows, num_warps = _ln_config(D, B, L, x.device)
     nblk = triton.cdiv(L, rows)
@@ -472,7 +434,7 @@ def adaln_bwd(dy: torch.Tensor, x: torch.Tensor, gamma: Optional[torch.Tensor], 
         dy3, x3, gamma, scale, mean, rstd, dx, pdy, pdyx, L, D, nblk,
         *dy3.stride(), x3.stride(0), x3.stride(1), _batch_stride(scale),
         ROWS=rows, BLOCK_R=block_r, BLOCK_D=block_d, HAS_GAMMA=gamma is not None, HAS_SCALE=scale is not None,
-        NEED_SUMS=need_sums, RNE_BF16=_rne_flag(x.dtype), num_warps=num_warps)
+        NEED_SUMS=need_sums, RNE_BF16=rne_flag(x.dtype), num_warps=num_warps)
     if not need_sums:
         e = x.new_empty((0,), dtype=torch.float32)
         return dx, e, e.clone()
@@ -486,20 +448,16 @@ def _gr_block(D: int) -> int:
 def gated_residual_fwd(x: torch.Tensor, y: torch.Tensor, gate: Optional[torch.Tensor],
                        sigmoid_gate: bool) -> torch.Tensor:
     """Checked launch of ``x + g * y``; returns a new contiguous tensor of x's shape and dtype."""
-    _raise_if(gated_residual_not_supported_reasons(x, y, gate), "gated_residual")
+    raise_if(gated_residual_not_supported_reasons(x, y, gate), "gated_residual")
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return out
     B, L, D = x.shape
     args = (x, y, gate, out, L, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1), _batch_stride(gate))
-    flags = dict(HAS_GATE=gate is not None, SIGMOID_GATE=bool(sigmoid_gate), RNE_BF16=_rne_flag(x.dtype))
-    if interpreter_active() or x.device.type != "cuda":
-        bl, bd = _INTERPRETER_BLOCK_L, _gr_block(D)
-        _gated_residual_fwd_kernel[(triton.cdiv(L, bl), triton.cdiv(D, bd), B)](
-            *args, BLOCK_L=bl, BLOCK_D=bd, num_warps=1, **flags)
-    else:
-        grid = lambda m: (triton.cdiv(L, m["BLOCK_L"]), triton.cdiv(D, m["BLOCK_D"]), B)  # noqa: E731
-        _gated_residual_fwd_tuned[grid](*args, **flags)
+    launch(_gated_residual_fwd_kernel, _gated_residual_fwd_tuned,
+           lambda m: (triton.cdiv(L, m["BLOCK_L"]), triton.cdiv(D, m["BLOCK_D"]), B), args,
+           {"BLOCK_L": _INTERPRETER_BLOCK_L, "BLOCK_D": _gr_block(D)},
+           HAS_GATE=gate is not None, SIGMOID_GATE=bool(sigmoid_gate), RNE_BF16=rne_flag(x.dtype))
     return out
 
 
@@ -521,7 +479,7 @@ def gated_residual_bwd(dout: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, 
     _gated_residual_bwd_kernel[(nblk, triton.cdiv(D, bd), B)](
         dout, y, gate, dy, pg, L, D, nblk, *dout.stride(), y.stride(0), y.stride(1), _batch_stride(gate),
         BLOCK_L=bl, BLOCK_D=bd, SIGMOID_GATE=bool(sigmoid_gate), NEED_DGATE=need_dgate,
-        RNE_BF16=_rne_flag(y.dtype), num_warps=nw)
+        RNE_BF16=rne_flag(y.dtype), num_warps=nw)
     if not need_dgate:
         return dy, y.new_empty((0,), dtype=torch.float32)
     return dy, pg.sum(1)
@@ -655,7 +613,7 @@ def adaln_layer_norm(x: torch.Tensor, gamma: Optional[torch.Tensor] = None, scal
     Raises:
         TypeError (dtype problems) / ValueError (anything else) listing every ``not_supported_reasons`` item.
     """
-    _raise_if(not_supported_reasons(x, gamma, scale, shift), "adaln_layer_norm")
+    raise_if(not_supported_reasons(x, gamma, scale, shift), "adaln_layer_norm")
     return adaln_fwd_op(x, gamma, scale, shift, float(eps))[0]
 
 
@@ -677,5 +635,5 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: Optional[torch.Tensor
     Raises:
         TypeError / ValueError listing every ``gated_residual_not_supported_reasons`` item.
     """
-    _raise_if(gated_residual_not_supported_reasons(x, y, gate), "gated_residual")
+    raise_if(gated_residual_not_supported_reasons(x, y, gate), "gated_residual")
     return gated_residual_fwd_op(x, y, gate, bool(sigmoid_gate))

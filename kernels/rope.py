@@ -34,19 +34,11 @@ References: Su et al., "RoFormer" (arXiv:2104.09864); GPT-NeoX rotary layout.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-try:
-    from arc_fast.ops._dispatch import interpreter_active
-except ImportError:  # pragma: no cover - kernels used without the package on the path
-    import os
-
-    def interpreter_active() -> bool:
-        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._common import MAX_GRID_YZ, device_reasons, launch, raise_if, rne_bf16, rne_flag
 
 # ---------------------------------------------------------------------------------------------------------
 # Capabilities
@@ -61,20 +53,7 @@ RTOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Kernel
-@triton.jit
-def _rne_bf16(x, ENABLED: tl.constexpr):
-    """Round fp32 to the nearest-even bf16 value (kept in fp32) when ENABLED.
-
-    The Triton interpreter casts fp32 -> bf16 by truncation (measured on 3.9), the GPU rounds to nearest
-    even. Rounding first makes the interpreter's truncating cast exact, so CPU tests see GPU numerics.
-    ENABLED is set only under the interpreter for bf16 outputs; on the GPU this compiles to nothing.
-    """
-    if ENABLED:
-        bits = x.to(tl.uint32, bitcast=True)
-        x = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)
-    return x
-
+# Kernels
 # ---------------------------------------------------------------------------------------------------------
 @triton.jit
 def _rotate_tile(
@@ -102,8 +81,8 @@ def _rotate_tile(
     else:
         y1 = x1 * c1 - x2 * s1
         y2 = x2 * c2 + x1 * s2
-    y1 = _rne_bf16(y1, RNE_BF16)
-    y2 = _rne_bf16(y2, RNE_BF16)
+    y1 = rne_bf16(y1, RNE_BF16)
+    y2 = rne_bf16(y2, RNE_BF16)
     tl.store(y_ptr + row_out + offs_j[None, :], y1.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(y_ptr + row_out + HALF + offs_j[None, :], y2.to(y_ptr.dtype.element_ty), mask=mask)
     if HAS_PASS:
@@ -159,34 +138,18 @@ _rope_kernel_tuned = triton.autotune(
 )(_rope_kernel)
 
 _INTERPRETER_BLOCK_L = 32  # the interpreter pays per operation: few, large tiles
-_MAX_GRID_YZ = 65535
-
-
-def _rne_flag(dtype: torch.dtype) -> bool:
-    """Whether kernels must pre-round bf16 outputs (see ``_rne_bf16``)."""
-    return dtype == torch.bfloat16 and interpreter_active()
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
 def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> list[str]:
     """Every reason why ``rope(q, k, freqs)`` cannot run on the Triton kernel (empty list: it can)."""
     reasons: list[str] = []
     for name, t in (("q", q), ("k", k), ("freqs", freqs)):
         if not isinstance(t, torch.Tensor):
             return [f"{name} must be a torch.Tensor, got {type(t).__name__}"]
-    if q.device.type not in ("cuda", "cpu"):
-        reasons.append(f"q: device {q.device} is not supported (cuda, or cpu under TRITON_INTERPRET=1)")
-    if q.device.type == "cpu" and not interpreter_active():
-        reasons.append("q: CPU tensors need TRITON_INTERPRET=1 for the Triton kernel")
-    if q.device.type == "cuda" and _capability(q.device.index) < MIN_CAPABILITY:
-        reasons.append(f"q: compute capability {_capability(q.device.index)} < {MIN_CAPABILITY}")
+    reasons += device_reasons(q, "q", MIN_CAPABILITY)
     if k.device != q.device or freqs.device != q.device:
         reasons.append(f"devices differ: q {q.device}, k {k.device}, freqs {freqs.device}")
     if q.dtype not in SUPPORTED_DTYPES:
@@ -211,8 +174,8 @@ def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor)
         reasons.append(f"freqs: expected {L} rows (the sequence length of q and k), got {freqs.shape[0]}")
     if rot % 2 != 0 or rot < 2 or rot > Dh:
         reasons.append(f"freqs: rot_dim must be even and in [2, Dh={Dh}], got {rot}")
-    if q.shape[0] * q.shape[1] > _MAX_GRID_YZ:
-        reasons.append(f"q: B*H = {q.shape[0] * q.shape[1]} > {_MAX_GRID_YZ} (grid axis limit)")
+    if q.shape[0] * q.shape[1] > MAX_GRID_YZ:
+        reasons.append(f"q: B*H = {q.shape[0] * q.shape[1]} > {MAX_GRID_YZ} (grid axis limit)")
     if Dh > MAX_HEAD_DIM:
         reasons.append(f"q: head dim {Dh} > MAX_HEAD_DIM={MAX_HEAD_DIM}")
     for name, t in (("q", q), ("k", k), ("freqs", freqs)):
@@ -222,13 +185,7 @@ def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("freqs", freqs)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"rope: {name} must be a torch.Tensor, got {type(t).__name__}")
-    reasons = not_supported_reasons(q, k, freqs)
-    if reasons:
-        kind = TypeError if any("dtype" in r for r in reasons) else ValueError
-        raise kind("rope: " + "; ".join(reasons))
+    raise_if(not_supported_reasons(q, k, freqs), "rope")
 
 
 def _out_shapes(q_shape, k_shape):
@@ -250,14 +207,10 @@ def _launch(q, k, freqs, transpose: bool):
     n_pass = D - 2 * half
     meta = dict(D=D, HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
                 BLOCK_PASS=triton.next_power_of_2(max(n_pass, 1)), HAS_PASS=n_pass > 0, TRANSPOSE=transpose,
-                RNE_BF16=_rne_flag(q.dtype))
+                RNE_BF16=rne_flag(q.dtype))
     args = (q, k, qo, ko, freqs, H, L, *q.stride(), *k.stride(), freqs.stride(0))
-    if interpreter_active():
-        grid = (triton.cdiv(L, _INTERPRETER_BLOCK_L), B * H)
-        _rope_kernel[grid](*args, BLOCK_L=_INTERPRETER_BLOCK_L, num_warps=1, **meta)
-    else:
-        grid = lambda m: (triton.cdiv(L, m["BLOCK_L"]), B * H)  # noqa: E731
-        _rope_kernel_tuned[grid](*args, **meta)
+    launch(_rope_kernel, _rope_kernel_tuned, lambda m: (triton.cdiv(L, m["BLOCK_L"]), B * H), args,
+           {"BLOCK_L": _INTERPRETER_BLOCK_L}, **meta)
     return qo, ko
 
 
@@ -281,10 +234,13 @@ def rope_fwd_op(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> tuple[
     return rope_fwd(q, k, freqs)
 
 
-@rope_fwd_op.register_fake
-def _(q, k, freqs):
+def _fake(q, k, freqs):
+    # Shared by both ops: the backward's (dq, dk) are shaped like its (dq_out, dk_out) inputs.
     q_shape, k_shape = _out_shapes(q.shape, k.shape)
     return q.new_empty(q_shape), k.new_empty(k_shape)
+
+
+rope_fwd_op.register_fake(_fake)
 
 
 @torch.library.custom_op("arc_fast::rope_bwd", mutates_args=())
@@ -292,10 +248,7 @@ def rope_bwd_op(dq: torch.Tensor, dk: torch.Tensor, freqs: torch.Tensor) -> tupl
     return rope_bwd(dq, dk, freqs)
 
 
-@rope_bwd_op.register_fake
-def _(dq, dk, freqs):
-    q_shape, k_shape = _out_shapes(dq.shape, dk.shape)
-    return dq.new_empty(q_shape), dk.new_empty(k_shape)
+rope_bwd_op.register_fake(_fake)
 
 
 def _setup_context(ctx, inputs, output):

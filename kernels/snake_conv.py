@@ -57,13 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from arc_fast.ops._dispatch import interpreter_active
-except ImportError:  # pragma: no cover - kernels used without the package on the path
-    import os
-
-    def interpreter_active() -> bool:
-        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._common import device_reasons, interpreter_active, launch, raise_if
 
 # ---------------------------------------------------------------------------------------------------------
 # Capabilities
@@ -92,6 +86,27 @@ def _snake_tile(x_ptr, x_base, offs_c, t_in, mask, s_xc, s_xt, a, inv_b, APPLY_S
         sn = tl.sin(v * a[:, None])
         v = v + sn * sn * inv_b[:, None]
     return v
+
+
+@triton.jit
+def _snake_params(alpha_ptr, beta_ptr, offs_c, mask_c, BLOCK_C: tl.constexpr, APPLY_SNAKE: tl.constexpr):
+    """(a, 1 / (b + eps)) of SnakeBeta for channels offs_c, fp32; (1, 0) (the identity) without the snake."""
+    a = tl.full((BLOCK_C,), 1.0, tl.float32)
+    inv_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if APPLY_SNAKE:
+        a = tl.exp(tl.load(alpha_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32))
+        inv_b = 1.0 / (tl.exp(tl.load(beta_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)) + 1e-9)
+    return a, inv_b
+
+
+@triton.jit
+def _dot_acc(w, s, acc, x_ptr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + w @ s: fp32 operands (IEEE or TF32) when DOT_FP32, else native dots in x's dtype."""
+    if DOT_FP32:
+        acc = tl.dot(w.to(tl.float32), s, acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(w.to(x_ptr.dtype.element_ty), s.to(x_ptr.dtype.element_ty), acc)
+    return acc
 
 
 @triton.jit
@@ -125,11 +140,7 @@ def _snake_conv1d_fwd_kernel(
     for ci0 in range(0, Cin, BLOCK_CI):
         offs_ci = ci0 + tl.arange(0, BLOCK_CI)
         mask_ci = offs_ci < Cin
-        a = tl.full((BLOCK_CI,), 1.0, tl.float32)
-        inv_b = tl.zeros((BLOCK_CI,), dtype=tl.float32)
-        if APPLY_SNAKE:
-            a = tl.exp(tl.load(alpha_ptr + offs_ci, mask=mask_ci, other=0.0).to(tl.float32))
-            inv_b = 1.0 / (tl.exp(tl.load(beta_ptr + offs_ci, mask=mask_ci, other=0.0).to(tl.float32)) + 1e-9)
+        a, inv_b = _snake_params(alpha_ptr, beta_ptr, offs_ci, mask_ci, BLOCK_CI, APPLY_SNAKE)
         w_rows = offs_co.to(tl.int64)[:, None] * s_wo + offs_ci.to(tl.int64)[None, :] * s_wi
         w_mask = mask_co[:, None] & mask_ci[None, :]
         for k in tl.static_range(K):
@@ -137,10 +148,7 @@ def _snake_conv1d_fwd_kernel(
             m = mask_ci[:, None] & ((t_in >= 0) & (t_in < T))[None, :]
             s = _snake_tile(x_ptr, x_base, offs_ci, t_in, m, s_xc, s_xt, a, inv_b, APPLY_SNAKE)
             w = tl.load(w_ptr + w_rows + k * s_wk, mask=w_mask, other=0.0)
-            if DOT_FP32:
-                acc = tl.dot(w.to(tl.float32), s, acc, input_precision=PRECISION)
-            else:
-                acc = tl.dot(w.to(x_ptr.dtype.element_ty), s.to(x_ptr.dtype.element_ty), acc)
+            acc = _dot_acc(w, s, acc, x_ptr, DOT_FP32, PRECISION)
     mask_t = offs_t < T
     out_mask = mask_co[:, None] & mask_t[None, :]
     if HAS_BIAS:
@@ -187,11 +195,7 @@ def _snake_conv_transpose1d_fwd_kernel(
     for ci0 in range(0, Cin, BLOCK_CI):
         offs_ci = ci0 + tl.arange(0, BLOCK_CI)
         mask_ci = offs_ci < Cin
-        a = tl.full((BLOCK_CI,), 1.0, tl.float32)
-        inv_b = tl.zeros((BLOCK_CI,), dtype=tl.float32)
-        if APPLY_SNAKE:
-            a = tl.exp(tl.load(alpha_ptr + offs_ci, mask=mask_ci, other=0.0).to(tl.float32))
-            inv_b = 1.0 / (tl.exp(tl.load(beta_ptr + offs_ci, mask=mask_ci, other=0.0).to(tl.float32)) + 1e-9)
+        a, inv_b = _snake_params(alpha_ptr, beta_ptr, offs_ci, mask_ci, BLOCK_CI, APPLY_SNAKE)
         s0 = _snake_tile(x_ptr, x_base, offs_ci, offs_m, mask_ci[:, None] & in0[None, :], s_xc, s_xt,
                          a, inv_b, APPLY_SNAKE)
         s1 = _snake_tile(x_ptr, x_base, offs_ci, offs_m - 1, mask_ci[:, None] & in1[None, :], s_xc, s_xt,
@@ -201,12 +205,8 @@ def _snake_conv_transpose1d_fwd_kernel(
         w_mask = mask_row[:, None] & mask_ci[None, :]
         w0 = tl.load(w_ptr + w_off, mask=w_mask, other=0.0)
         w1 = tl.load(w_ptr + w_off + S * s_wk, mask=w_mask, other=0.0)
-        if DOT_FP32:
-            acc = tl.dot(w0.to(tl.float32), s0, acc, input_precision=PRECISION)
-            acc = tl.dot(w1.to(tl.float32), s1, acc, input_precision=PRECISION)
-        else:
-            acc = tl.dot(w0.to(x_ptr.dtype.element_ty), s0.to(x_ptr.dtype.element_ty), acc)
-            acc = tl.dot(w1.to(x_ptr.dtype.element_ty), s1.to(x_ptr.dtype.element_ty), acc)
+        acc = _dot_acc(w0, s0, acc, x_ptr, DOT_FP32, PRECISION)
+        acc = _dot_acc(w1, s1, acc, x_ptr, DOT_FP32, PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_co, mask=mask_row, other=0.0).to(tl.float32)[:, None]
     out_t = offs_m[None, :] * S + phase[:, None] - P   # output sample of each (row, m)
@@ -244,11 +244,6 @@ _INTERP_TRANSPOSE = {"BLOCK_CO": 16, "BLOCK_CI": 16, "BLOCK_M": 16}
 # ---------------------------------------------------------------------------------------------------------
 # Checks and shapes
 # ---------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
 def conv1d_out_shape(x_shape, weight_shape) -> tuple[int, int, int]:
     """(B, Cout, T): 'same' output of ``snake_conv1d`` (shared by launcher and fake)."""
     return (int(x_shape[0]), int(weight_shape[0]), int(x_shape[2]))
@@ -266,19 +261,15 @@ def conv_transpose1d_out_shape(x_shape, weight_shape, stride: int) -> tuple[int,
     return (int(x_shape[0]), int(weight_shape[1]), L)
 
 
-def _common_reasons(op: str, x, tensors: dict) -> list[str]:
-    reasons: list[str] = []
+def _common_reasons(x, tensors: dict) -> tuple[list[str], bool]:
+    """The reasons shared by both ops (types, devices, dtypes, x's rank) and whether the op's own shape checks
+    can run on top of them (x and every given parameter are tensors and x is 3-D)."""
     if not isinstance(x, torch.Tensor):
-        return [f"x must be a torch.Tensor, got {type(x).__name__}"]
+        return [f"x must be a torch.Tensor, got {type(x).__name__}"], False
     for name, t in tensors.items():
         if t is not None and not isinstance(t, torch.Tensor):
-            return [f"{name} must be a torch.Tensor or None, got {type(t).__name__}"]
-    if x.device.type not in ("cuda", "cpu"):
-        reasons.append(f"x: device {x.device} is not supported (cuda, or cpu under TRITON_INTERPRET=1)")
-    if x.device.type == "cpu" and not interpreter_active():
-        reasons.append("x: CPU tensors need TRITON_INTERPRET=1 for the Triton kernel")
-    if x.device.type == "cuda" and _capability(x.device.index) < MIN_CAPABILITY:
-        reasons.append(f"x: compute capability {_capability(x.device.index)} < {MIN_CAPABILITY}")
+            return [f"{name} must be a torch.Tensor or None, got {type(t).__name__}"], False
+    reasons = device_reasons(x, "x", MIN_CAPABILITY)
     if x.dtype not in SUPPORTED_DTYPES:
         reasons.append(f"x: dtype {x.dtype} not in {SUPPORTED_DTYPES}")
     if x.dim() != 3:
@@ -290,7 +281,7 @@ def _common_reasons(op: str, x, tensors: dict) -> list[str]:
             reasons.append(f"{name}: device {t.device} differs from x's device {x.device}")
         if t.dtype not in SUPPORTED_DTYPES:
             reasons.append(f"{name}: dtype {t.dtype} not in {SUPPORTED_DTYPES}")
-    return reasons
+    return reasons, x.dim() == 3
 
 
 def _snake_param_reasons(x, alpha, beta, apply_snake: bool) -> list[str]:
@@ -309,11 +300,9 @@ def _snake_param_reasons(x, alpha, beta, apply_snake: bool) -> list[str]:
 def conv1d_not_supported_reasons(x, alpha, beta, weight, bias=None, dilation=1, residual=None,
                                  apply_snake=True) -> list[str]:
     """Every reason why ``snake_conv1d`` cannot run on the Triton kernel (empty list: it can)."""
-    reasons = _common_reasons("snake_conv1d", x, {"alpha": alpha, "beta": beta, "weight": weight, "bias": bias,
-                                                  "residual": residual})
-    if reasons and not isinstance(x, torch.Tensor):
-        return reasons
-    if any("must be a torch.Tensor" in r for r in reasons) or x.dim() != 3:
+    reasons, checkable = _common_reasons(x, {"alpha": alpha, "beta": beta, "weight": weight, "bias": bias,
+                                             "residual": residual})
+    if not checkable:
         return reasons
     if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
         reasons.append(f"weight: expected 3 dims (Cout, Cin, K), got "
@@ -337,11 +326,8 @@ def conv1d_not_supported_reasons(x, alpha, beta, weight, bias=None, dilation=1, 
 def conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias=None, stride=2,
                                            apply_snake=True) -> list[str]:
     """Every reason why ``snake_conv_transpose1d`` cannot run on the Triton kernel (empty list: it can)."""
-    reasons = _common_reasons("snake_conv_transpose1d", x, {"alpha": alpha, "beta": beta, "weight": weight,
-                                                            "bias": bias})
-    if reasons and not isinstance(x, torch.Tensor):
-        return reasons
-    if any("must be a torch.Tensor" in r for r in reasons) or x.dim() != 3:
+    reasons, checkable = _common_reasons(x, {"alpha": alpha, "beta": beta, "weight": weight, "bias": bias})
+    if not checkable:
         return reasons
     if not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride <= MAX_STRIDE:
         reasons.append(f"stride: expected an int in [1, {MAX_STRIDE}], got {stride!r}")
@@ -363,12 +349,6 @@ def conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias=None, st
     return reasons
 
 
-def _raise(op: str, reasons: list[str]) -> None:
-    if reasons:
-        kind = TypeError if any("dtype" in r or "must be a torch.Tensor" in r for r in reasons) else ValueError
-        raise kind(f"{op}: " + "; ".join(reasons))
-
-
 def _dot_flags(x: torch.Tensor) -> dict:
     interp = interpreter_active()
     fp32 = interp or x.dtype == torch.float32
@@ -376,9 +356,12 @@ def _dot_flags(x: torch.Tensor) -> dict:
     return {"DOT_FP32": fp32, "PRECISION": "tf32" if tf32 else "ieee"}
 
 
-def _param_or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    # Unused pointer arguments still need a tensor; the constexpr flag keeps them unread.
-    return like if t is None else t.contiguous()
+def _param_args(x, alpha, beta, bias, apply_snake: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The contiguous alpha, beta and bias pointer arguments; x stands in for an unused one (a pointer argument
+    still needs a tensor; the APPLY_SNAKE / HAS_BIAS flags keep it unread)."""
+    def arg(t):
+        return x if t is None else t.contiguous()
+    return arg(alpha if apply_snake else None), arg(beta if apply_snake else None), arg(bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,8 +370,8 @@ def _param_or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def snake_conv1d_fwd(x, alpha, beta, weight, bias=None, dilation: int = 1, residual=None,
                      apply_snake: bool = True) -> torch.Tensor:
     """Checked launch of the fused SnakeBeta + conv1d (+ bias + residual). Shapes in the module docstring."""
-    _raise("snake_conv1d", conv1d_not_supported_reasons(x, alpha, beta, weight, bias, dilation, residual,
-                                                        apply_snake))
+    raise_if(conv1d_not_supported_reasons(x, alpha, beta, weight, bias, dilation, residual, apply_snake),
+             "snake_conv1d")
     B, Cin, T = x.shape
     Cout, _, K = weight.shape
     y = torch.empty(conv1d_out_shape(x.shape, weight.shape), dtype=x.dtype, device=x.device)
@@ -402,26 +385,22 @@ def snake_conv1d_fwd(x, alpha, beta, weight, bias=None, dilation: int = 1, resid
             y += residual.to(y.dtype)
         return y
     res = residual if residual is not None else x
-    args = (x, _param_or_dummy(alpha if apply_snake else None, x), _param_or_dummy(beta if apply_snake else None, x),
-            weight, _param_or_dummy(bias, x), res, y, Cin, Cout, T, *x.stride(), *weight.stride(), *res.stride())
+    alpha_arg, beta_arg, bias_arg = _param_args(x, alpha, beta, bias, apply_snake)
+    args = (x, alpha_arg, beta_arg, weight, bias_arg, res, y, Cin, Cout, T, *x.stride(), *weight.stride(),
+            *res.stride())
     meta = dict(K=K, DIL=int(dilation), APPLY_SNAKE=bool(apply_snake), HAS_BIAS=bias is not None,
                 HAS_RES=residual is not None, **_dot_flags(x))
-    if interpreter_active():
-        c = _INTERP_CONV
-        grid = (triton.cdiv(T, c["BLOCK_T"]), triton.cdiv(Cout, c["BLOCK_CO"]), B)
-        _snake_conv1d_fwd_kernel[grid](*args, **meta, **c, num_warps=4)
-    else:
-        grid = lambda m: (triton.cdiv(T, m["BLOCK_T"]), triton.cdiv(Cout, m["BLOCK_CO"]), B)  # noqa: E731
-        with torch.cuda.device(x.device):
-            _snake_conv1d_fwd_tuned[grid](*args, **meta)
+    launch(_snake_conv1d_fwd_kernel, _snake_conv1d_fwd_tuned,
+           lambda m: (triton.cdiv(T, m["BLOCK_T"]), triton.cdiv(Cout, m["BLOCK_CO"]), B), args, _INTERP_CONV,
+           fixed_warps=4, device=x.device, **meta)
     return y
 
 
 def snake_conv_transpose1d_fwd(x, alpha, beta, weight, bias=None, stride: int = 2,
                                apply_snake: bool = True) -> torch.Tensor:
     """Checked launch of the fused SnakeBeta + polyphase transposed conv (+ bias). See the module docstring."""
-    _raise("snake_conv_transpose1d", conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride,
-                                                                            apply_snake))
+    raise_if(conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride, apply_snake),
+             "snake_conv_transpose1d")
     B, Cin, T = x.shape
     S = int(stride)
     P = transpose_padding(S)
@@ -436,18 +415,13 @@ def snake_conv_transpose1d_fwd(x, alpha, beta, weight, bias=None, stride: int = 
             y += bias.to(y.dtype)[None, :, None]
         return y
     M = (L - 1 + P) // S + 1
-    args = (x, _param_or_dummy(alpha if apply_snake else None, x), _param_or_dummy(beta if apply_snake else None, x),
-            weight, _param_or_dummy(bias, x), y, Cin, Cout, T, L, M, *x.stride(), *weight.stride())
+    alpha_arg, beta_arg, bias_arg = _param_args(x, alpha, beta, bias, apply_snake)
+    args = (x, alpha_arg, beta_arg, weight, bias_arg, y, Cin, Cout, T, L, M, *x.stride(), *weight.stride())
     meta = dict(S=S, S_POW2=triton.next_power_of_2(S), P=P, APPLY_SNAKE=bool(apply_snake),
                 HAS_BIAS=bias is not None, **_dot_flags(x))
-    if interpreter_active():
-        c = _INTERP_TRANSPOSE
-        grid = (triton.cdiv(M, c["BLOCK_M"]), triton.cdiv(Cout, c["BLOCK_CO"]), B)
-        _snake_conv_transpose1d_fwd_kernel[grid](*args, **meta, **c, num_warps=4)
-    else:
-        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(Cout, m["BLOCK_CO"]), B)  # noqa: E731
-        with torch.cuda.device(x.device):
-            _transpose_tuned(triton.next_power_of_2(S))[grid](*args, **meta)
+    launch(_snake_conv_transpose1d_fwd_kernel, _transpose_tuned(triton.next_power_of_2(S)),
+           lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(Cout, m["BLOCK_CO"]), B), args, _INTERP_TRANSPOSE,
+           fixed_warps=4, device=x.device, **meta)
     return y
 
 
@@ -595,8 +569,8 @@ def snake_conv1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: torch.Tensor
         TypeError (dtype or type problems) or ValueError listing every reason from
         ``conv1d_not_supported_reasons``; no silent fallback (``arc_fast.ops`` chooses backends).
     """
-    _raise("snake_conv1d", conv1d_not_supported_reasons(x, alpha, beta, weight, bias, dilation, residual,
-                                                        apply_snake))
+    raise_if(conv1d_not_supported_reasons(x, alpha, beta, weight, bias, dilation, residual, apply_snake),
+             "snake_conv1d")
     return snake_conv1d_op(x, alpha if apply_snake else None, beta if apply_snake else None, weight, bias,
                            int(dilation), residual, bool(apply_snake))
 
@@ -619,8 +593,8 @@ def snake_conv_transpose1d(x: torch.Tensor, alpha: torch.Tensor | None, beta: to
     Raises:
         TypeError/ValueError listing every reason from ``conv_transpose1d_not_supported_reasons``.
     """
-    _raise("snake_conv_transpose1d", conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride,
-                                                                            apply_snake))
+    raise_if(conv_transpose1d_not_supported_reasons(x, alpha, beta, weight, bias, stride, apply_snake),
+             "snake_conv_transpose1d")
     return snake_conv_transpose1d_op(x, alpha if apply_snake else None, beta if apply_snake else None, weight, bias,
                                      int(stride), bool(apply_snake))
 

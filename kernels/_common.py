@@ -1,0 +1,113 @@
+"""Helpers shared by the Triton kernel files: interpreter workarounds, device checks and launch plumbing.
+
+Nothing op-specific lives here. Each kernel file still declares its own capabilities (dtypes, limits,
+tolerances) and its own shape helpers; this module only holds what was the same, line for line, in
+several of them.
+
+* ``rne_bf16`` / ``rne_flag``: under ``TRITON_INTERPRET=1`` (Triton 3.9, measured) an fp32 -> bf16 cast
+  truncates, while the GPU rounds to nearest even. Kernels round bf16 outputs themselves under the
+  interpreter so that CPU tests see GPU numerics; on the GPU the flag is False and the code vanishes.
+* ``device_reasons``, ``raise_if``: the device part of ``not_supported_reasons`` and the
+  reasons -> TypeError/ValueError rule of the launchers.
+* ``launch``: one fixed small config under the interpreter, the autotuned kernel on the GPU.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+try:
+    from arc_fast.ops._dispatch import interpreter_active
+except ImportError:  # pragma: no cover - kernels used without the package on the path
+    import os
+
+    def interpreter_active() -> bool:
+        """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors in Python."""
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+__all__ = ["MAX_GRID_YZ", "as_3d", "capability", "device_reasons", "interpreter_active", "launch", "raise_if",
+           "rne_bf16", "rne_flag"]
+
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Device code
+# ---------------------------------------------------------------------------------------------------------
+@triton.jit
+def rne_bf16(x, ENABLED: tl.constexpr):
+    """Round fp32 to the nearest-even bf16 value (kept in fp32) when ENABLED.
+
+    The Triton interpreter casts fp32 -> bf16 by truncation (measured on 3.9), the GPU rounds to nearest
+    even. Rounding first makes the interpreter's truncating cast exact, so CPU tests see GPU numerics.
+    ENABLED is set only under the interpreter for bf16 outputs (``rne_flag``); on the GPU this compiles
+    to nothing.
+    """
+    if ENABLED:
+        bits = x.to(tl.uint32, bitcast=True)
+        x = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)
+    return x
+
+
+def rne_flag(dtype: torch.dtype) -> bool:
+    """The ``ENABLED`` flag of ``rne_bf16`` for outputs of ``dtype``: bf16 under the interpreter only."""
+    return dtype == torch.bfloat16 and interpreter_active()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def capability(index: int | None) -> tuple[int, int]:
+    """CUDA compute capability of device ``index`` (cached: the query is slow next to a small launch)."""
+    return torch.cuda.get_device_capability(index)
+
+
+def device_reasons(t: torch.Tensor, name: str, min_capability: tuple[int, int]) -> list[str]:
+    """Why the Triton kernels cannot run on ``t``'s device ([] when they can): CUDA needs
+    ``min_capability``, CPU needs the interpreter, other devices are unsupported."""
+    if t.device.type == "cpu":
+        return [] if interpreter_active() else [f"{name}: CPU tensors need TRITON_INTERPRET=1 for the Triton kernel"]
+    if t.device.type == "cuda":
+        cap = capability(t.device.index)
+        return [] if cap >= min_capability else [f"{name}: compute capability {cap} < {min_capability}"]
+    return [f"{name}: device {t.device} is not supported (cuda, or cpu under TRITON_INTERPRET=1)"]
+
+
+def raise_if(reasons: list[str], what: str) -> None:
+    """Raise the ``not_supported_reasons`` list as one error prefixed by ``what``: TypeError when a reason
+    is about a dtype or a non-tensor argument, else ValueError. Does nothing for an empty list."""
+    if reasons:
+        kind = TypeError if any("dtype" in r or "must be a torch.Tensor" in r for r in reasons) else ValueError
+        raise kind(f"{what}: " + "; ".join(reasons))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shapes and launches
+# ---------------------------------------------------------------------------------------------------------
+def as_3d(t: torch.Tensor) -> torch.Tensor:
+    """View as (B, N, C): 3-D as is, other ranks as (1, N, C) (a copy only if no view exists)."""
+    return t if t.dim() == 3 else t.reshape(1, -1, t.shape[-1])
+
+
+def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 1,
+           device: torch.device | None = None, **meta) -> None:
+    """Launch ``kernel(*args, **meta)`` with its block sizes chosen by the environment.
+
+    Under the interpreter: the plain ``kernel`` with the ``fixed`` block sizes and ``fixed_warps`` (it pays
+    per operation, not per element, and autotuning would only multiply the run time). On the GPU: its
+    autotuned twin ``tuned``, which supplies the block sizes and warps itself; inside
+    ``torch.cuda.device(device)`` when ``device`` is given (Triton launches on the current device).
+
+    grid: a function of the meta-parameters (a dict holding the block sizes) returning the grid tuple.
+    """
+    if interpreter_active():
+        kernel[grid(fixed)](*args, **fixed, **meta, num_warps=fixed_warps)
+    elif device is None:
+        tuned[grid](*args, **meta)
+    else:
+        with torch.cuda.device(device):
+            tuned[grid](*args, **meta)
