@@ -59,6 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import interpreter_active
+
 __all__ = [
     "attention",
     "attention_fwd",
@@ -84,16 +86,77 @@ ATOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 RTOL = {torch.float32: 3e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------------------
 # Addressing: the (b, h) base offset of every tensor is int64; offsets inside one (b, h) slice are int32
 # (checked on the host: (L - 1) * stride(2) + D < 2**31), which keeps the pointer tiles cheap.
+
+
+@triton.jit
+def _batch_head(pid_bh, H):
+    """(b, h) as int64 from the program's flat b * H + h index."""
+    return (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+
+
+@triton.jit
+def _load_rows(base, offs, mask, stride, D: tl.constexpr, UPCAST: tl.constexpr):
+    """The (len(offs), D) tile of rows ``offs`` (row stride ``stride``, channels contiguous) of one (b, h) slice,
+    zero where ``mask`` is False; upcast to fp32 when UPCAST (the DOT_FP32 path), else in the tensor's dtype."""
+    x = tl.load(base + offs[:, None] * stride + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _key_valid(MASK, b, stride_mb, stride_ml, offs_n, n_mask, HAS_MASK: tl.constexpr):
+    """Keys that exist (offs_n < Lk, i.e. ``n_mask``) and, with a padding mask, are kept by it."""
+    valid = n_mask
+    if HAS_MASK:
+        keep = tl.load(MASK + b * stride_mb + offs_n * stride_ml, mask=n_mask, other=0)
+        valid = valid & (keep != 0)
+    return valid
+
+
+@triton.jit
+def _dot_cast(a, b, DT: tl.constexpr, DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+    """a @ b where ``a`` is an fp32 intermediate (P or dS): cast to the I/O dtype DT for a tensor-core dot,
+    or kept in fp32 on the DOT_FP32 path (``b`` is then fp32 too)."""
+    if DOT_FP32:
+        out = tl.dot(a, b, input_precision=PREC)
+    else:
+        out = tl.dot(a.to(DT), b, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, row0, offs_m, m_mask):
+    """The backward's per-query-row (lse in base 2, delta); +inf lse for missing rows makes their P exactly 0
+    (as for rows with no valid key)."""
+    lse = tl.load(LSE + row0 + offs_m, mask=m_mask, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + row0 + offs_m, mask=m_mask, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def _ln_rows(x, eps, D: tl.constexpr):
+    """Per-row LayerNorm statistics of a full (rows, D) fp32 tile: (mean, x - mean, rstd)."""
+    mean = tl.sum(x, axis=1) / D
+    xc = x - mean[:, None]
+    var = tl.sum(xc * xc, axis=1) / D
+    return mean, xc, 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit
+def _rope_perm(offs_d, ROT_DIM: tl.constexpr):
+    """For half-split RoPE over the first ROT_DIM channels: (is_rot, perm) with
+    rotate_half(y)[d] = sign(d) * y[perm[d]], sign(d) = -1 for d < ROT_DIM / 2 else 1 (perm is the identity on
+    pass-through channels)."""
+    HALF = ROT_DIM // 2
+    is_rot = offs_d < ROT_DIM
+    perm = tl.where(offs_d < HALF, offs_d + HALF, tl.where(is_rot, offs_d - HALF, offs_d))
+    return is_rot, perm
 
 
 @triton.jit
@@ -118,10 +181,7 @@ def _prologue_tile(
     rows = x_base + offs_l[:, None] * stride_l
     x = tl.load(rows + offs_d[None, :], mask=l_mask[:, None], other=0.0).to(tl.float32)
     if HAS_NORM:
-        mean = tl.sum(x, axis=1) / D
-        xc = x - mean[:, None]
-        var = tl.sum(xc * xc, axis=1) / D
-        rstd = 1.0 / tl.sqrt(var + eps)
+        mean, xc, rstd = _ln_rows(x, eps, D)
         w = tl.load(W + offs_d).to(tl.float32)
         y = xc * rstd[:, None] * w[None, :]
         if HAS_BIAS:
@@ -129,11 +189,9 @@ def _prologue_tile(
     else:
         y = x
     if HAS_ROPE:
-        HALF = ROT_DIM // 2
-        is_rot = offs_d < ROT_DIM
         # rotate_half(y)[d] = sign(d) * y[perm(d)]: re-load the row at the permuted columns (cheap, cached)
         # instead of shuffling registers.
-        perm = tl.where(offs_d < HALF, offs_d + HALF, tl.where(is_rot, offs_d - HALF, offs_d))
+        is_rot, perm = _rope_perm(offs_d, ROT_DIM)
         xp = tl.load(rows + perm[None, :], mask=l_mask[:, None], other=0.0).to(tl.float32)
         if HAS_NORM:
             wp = tl.load(W + perm).to(tl.float32)
@@ -146,7 +204,8 @@ def _prologue_tile(
         cs_mask = l_mask[:, None] & is_rot[None, :]
         c = tl.load(COS + cs_off, mask=cs_mask, other=1.0)
         s = tl.load(SIN + cs_off, mask=cs_mask, other=0.0)
-        sign = tl.where(offs_d < HALF, -1.0, 1.0)
+        # Computed here, after the loads, not in _rope_perm: earlier it changed ptxas' schedule (sm_90, measured).
+        sign = tl.where(offs_d < ROT_DIM // 2, -1.0, 1.0)
         y = y * c + (sign[None, :] * yp) * s
     return y
 
@@ -178,8 +237,7 @@ def _prologue_fwd_kernel(
     """y = rope(LN(x)) for q and k in one launch; grid (cdiv(max(L1, L2), BLOCK_L), B * H, slots)."""
     pid_l = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b, h = _batch_head(pid_bh, H)
     if tl.program_id(2) == 0:
         _prologue_fwd_slot(X1, Y1, W1, B1, COS, SIN, stride_1b, stride_1h, stride_1l, b, h, pid_bh, pid_l, L1, eps,
                            D, BLOCK_L, NORM1, BIAS1, HAS_ROPE, ROT_DIM)
@@ -201,22 +259,17 @@ def _prologue_bwd_slot(DY, X, DX, W, DW_PART, DB_PART, COS, SIN, stride_xb, stri
     # Missing rows load g = 0, so they add nothing to the dw/db partials below.
     g = tl.load(dy_rows + offs_d[None, :], mask=l_mask[:, None], other=0.0)
     if HAS_ROPE:
-        HALF = ROT_DIM // 2
-        is_rot = offs_d < ROT_DIM
-        perm = tl.where(offs_d < HALF, offs_d + HALF, tl.where(is_rot, offs_d - HALF, offs_d))
+        is_rot, perm = _rope_perm(offs_d, ROT_DIM)
         g_p = tl.load(dy_rows + perm[None, :], mask=l_mask[:, None], other=0.0)
         cs_mask = l_mask[:, None] & is_rot[None, :]
         c = tl.load(COS + offs_l[:, None] * ROT_DIM + offs_d[None, :], mask=cs_mask, other=1.0)
         s_p = tl.load(SIN + offs_l[:, None] * ROT_DIM + perm[None, :], mask=cs_mask, other=0.0)
-        sign = tl.where(offs_d < HALF, -1.0, 1.0)
+        sign = tl.where(offs_d < ROT_DIM // 2, -1.0, 1.0)
         g = g * c - (sign[None, :] * g_p) * s_p
     if HAS_NORM:
         x = tl.load(X + b * stride_xb + h * stride_xh + offs_l[:, None] * stride_xl + offs_d[None, :],
                     mask=l_mask[:, None], other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=1) / D
-        xc = x - mean[:, None]
-        var = tl.sum(xc * xc, axis=1) / D
-        rstd = 1.0 / tl.sqrt(var + eps)
+        _, xc, rstd = _ln_rows(x, eps, D)
         xhat = xc * rstd[:, None]
         w = tl.load(W + offs_d).to(tl.float32)
         dxhat = g * w[None, :]
@@ -247,8 +300,7 @@ def _prologue_bwd_kernel(
     """dx = LN^T(rope^T(dy)) and the dw/db partials, for q and k in one launch; grid as the forward."""
     pid_l = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b, h = _batch_head(pid_bh, H)
     if tl.program_id(2) == 0:
         if pid_l < n_lblk1:
             _prologue_bwd_slot(DY1, X1, DX1, W1, DW1, DB1, COS, SIN, stride_1b, stride_1h, stride_1l, b, h, pid_bh,
@@ -282,17 +334,13 @@ def _attn_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b, h = _batch_head(pid_bh, H)
     DT = V.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_mask = offs_m < Lq
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=m_mask[:, None], other=0.0)
-    if DOT_FP32:
-        q = q.to(tl.float32)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, m_mask, stride_ql, D, DOT_FP32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
@@ -303,15 +351,9 @@ def _attn_fwd_kernel(
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_mask = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * stride_kl + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        valid = n_mask
-        if HAS_MASK:
-            keep = tl.load(MASK + b * stride_mb + offs_n * stride_ml, mask=n_mask, other=0)
-            valid = valid & (keep != 0)
+        k = _load_rows(k_base, offs_n, n_mask, stride_kl, D, DOT_FP32)
+        v = _load_rows(v_base, offs_n, n_mask, stride_vl, D, DOT_FP32)
+        valid = _key_valid(MASK, b, stride_mb, stride_ml, offs_n, n_mask, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -320,10 +362,7 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if DOT_FP32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PREC)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(DT), v, input_precision=PREC)
+        acc = acc * alpha[:, None] + _dot_cast(p, v, DT, DOT_FP32, PREC)
         m_i = m_new
 
     empty = l_i == 0.0
@@ -350,8 +389,7 @@ def _attn_bwd_preprocess_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b, h = _batch_head(pid_bh, H)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_mask = offs_m < Lq
@@ -384,24 +422,15 @@ def _attn_bwd_dkdv_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b, h = _batch_head(pid_bh, H)
     DT = Q.dtype.element_ty
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     n_mask = offs_n < Lk
-    valid = n_mask
-    if HAS_MASK:
-        keep = tl.load(MASK + b * stride_mb + offs_n * stride_ml, mask=n_mask, other=0)
-        valid = valid & (keep != 0)
+    valid = _key_valid(MASK, b, stride_mb, stride_ml, offs_n, n_mask, HAS_MASK)
 
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kl + offs_d[None, :],
-                mask=n_mask[:, None], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vl + offs_d[None, :],
-                mask=n_mask[:, None], other=0.0)
-    if DOT_FP32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, n_mask, stride_kl, D, DOT_FP32)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, n_mask, stride_vl, D, DOT_FP32)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_dob + h * stride_doh
     row0 = pid_bh.to(tl.int64) * Lq
@@ -412,24 +441,15 @@ def _attn_bwd_dkdv_kernel(
     for start_m in range(0, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_mask = offs_m < Lq
-        q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dol + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-        # +inf for missing rows makes their P exactly 0 (as for rows with no valid key).
-        lse = tl.load(LSE + row0 + offs_m, mask=m_mask, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + row0 + offs_m, mask=m_mask, other=0.0)
-        if DOT_FP32:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
+        q = _load_rows(q_base, offs_m, m_mask, stride_ql, D, DOT_FP32)
+        do = _load_rows(do_base, offs_m, m_mask, stride_dol, D, DOT_FP32)
+        lse, delta = _row_stats(LSE, DELTA, row0, offs_m, m_mask)
         s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.where(valid[:, None], tl.exp2(s_t - lse[None, :]), 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
         ds_t = p_t * (dp_t - delta[None, :])
-        if DOT_FP32:
-            dv += tl.dot(p_t, do, input_precision=PREC)
-            dk += tl.dot(ds_t, q, input_precision=PREC)
-        else:
-            dv += tl.dot(p_t.to(DT), do, input_precision=PREC)
-            dk += tl.dot(ds_t.to(DT), q, input_precision=PREC)
+        dv += _dot_cast(p_t, do, DT, DOT_FP32, PREC)
+        dk += _dot_cast(ds_t, q, DT, DOT_FP32, PREC)
 
     out = pid_bh.to(tl.int64) * Lk * D + offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=n_mask[:, None])
@@ -455,23 +475,16 @@ def _attn_bwd_dq_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    b, h = _batch_head(pid_bh, H)
     DT = Q.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_mask = offs_m < Lq
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                mask=m_mask[:, None], other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dol + offs_d[None, :],
-                 mask=m_mask[:, None], other=0.0)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, m_mask, stride_ql, D, DOT_FP32)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, m_mask, stride_dol, D, DOT_FP32)
     row0 = pid_bh.to(tl.int64) * Lq
-    lse = tl.load(LSE + row0 + offs_m, mask=m_mask, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(DELTA + row0 + offs_m, mask=m_mask, other=0.0)
-    if DOT_FP32:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    lse, delta = _row_stats(LSE, DELTA, row0, offs_m, m_mask)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     qk_scale = sm_scale * 1.4426950408889634
@@ -480,23 +493,14 @@ def _attn_bwd_dq_kernel(
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_mask = offs_n < Lk
-        k = tl.load(k_base + offs_n[:, None] * stride_kl + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vl + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        valid = n_mask
-        if HAS_MASK:
-            keep = tl.load(MASK + b * stride_mb + offs_n * stride_ml, mask=n_mask, other=0)
-            valid = valid & (keep != 0)
+        k = _load_rows(k_base, offs_n, n_mask, stride_kl, D, DOT_FP32)
+        v = _load_rows(v_base, offs_n, n_mask, stride_vl, D, DOT_FP32)
+        valid = _key_valid(MASK, b, stride_mb, stride_ml, offs_n, n_mask, HAS_MASK)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        if DOT_FP32:
-            dq += tl.dot(ds, k, input_precision=PREC)
-        else:
-            dq += tl.dot(ds.to(DT), k, input_precision=PREC)
+        dq += _dot_cast(ds, k, DT, DOT_FP32, PREC)
 
     tl.store(DQ + row0 * D + offs_m[:, None] * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=m_mask[:, None])
@@ -520,7 +524,7 @@ def _gpu_configs(fwd: bool):
 
 
 def _autotune_enabled() -> bool:
-    return not _interpreting() and os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0"
+    return not interpreter_active() and os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0"
 
 
 if _autotune_enabled():
@@ -536,7 +540,7 @@ else:
 def _row_block(D: int) -> int:
     """Rows per program of the row-wise kernels: ~2048 elements per tile keeps the (rows, D) fp32 tiles of the
     prologue in registers with 4 warps (64 rows x 128 spilled ~2 KB per thread on sm_90)."""
-    if _interpreting():
+    if interpreter_active():
         return _INTERP_BLOCK
     return max(16, 2048 // D)
 
@@ -545,7 +549,7 @@ def _buf_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the kernels' output buffers. The interpreter truncates fp32 -> bf16 casts (1.999 -> 1.992, even
     with fp_downcast_rounding="rtne"; Triton 3.9, measured), which doubled the bf16 error, so under it bf16
     results are written in fp32 and rounded to nearest by torch. On GPU: the I/O dtype itself."""
-    if dtype == torch.bfloat16 and _interpreting():
+    if dtype == torch.bfloat16 and interpreter_active():
         return torch.float32
     return dtype
 
@@ -560,7 +564,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _block_kwargs(fwd: bool) -> dict:
     """Launch meta-parameters: the autotuner supplies them on GPU; ``ARC_FAST_AUTOTUNE=0`` pins the first config
     of the list (no first-call tuning, e.g. for quick GPU test runs); the interpreter uses 16 x 16 blocks."""
-    if _interpreting():
+    if interpreter_active():
         return {"BLOCK_M": _INTERP_BLOCK, "BLOCK_N": _INTERP_BLOCK}
     if _autotune_enabled():
         return {}
@@ -581,7 +585,7 @@ def _problems(q, k, v, key_padding_mask=None, q_norm_weight=None, q_norm_bias=No
     if out:
         return out
     dev = q.device
-    if dev.type == "cpu" and not _interpreting():
+    if dev.type == "cpu" and not interpreter_active():
         out.append((ValueError, "q: CPU tensors need TRITON_INTERPRET=1 for the Triton kernel (use the eager backend)"))
     elif dev.type not in ("cuda", "cpu"):
         out.append((ValueError, f"q: expected a CUDA tensor, got device {dev}"))
@@ -773,7 +777,7 @@ def attention_fwd(q, k, v, key_padding_mask=None, q_norm_weight=None, q_norm_bia
         lse = torch.full(lse_shape, float("inf"), device=q.device, dtype=torch.float32)
         return torch.zeros(o_shape, device=q.device, dtype=q_dtype), lse, o_acc.zero_()
     # Under the interpreter a low-precision O is rounded by torch from o_acc (see _buf_dtype).
-    store_o = not (lowp and _interpreting())
+    store_o = not (lowp and interpreter_active())
     o = torch.empty(o_shape, device=q.device, dtype=q_dtype) if store_o else o_acc
     lse = torch.empty(lse_shape, device=q.device, dtype=torch.float32)
     q, k = _apply_prologue(q, k, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, freqs, norm_eps)
@@ -789,7 +793,7 @@ def attention_fwd(q, k, v, key_padding_mask=None, q_norm_weight=None, q_norm_bia
         v.stride(0), v.stride(1), v.stride(2),
         smb, sml,
         H, Lq, Lk, scale,
-        D=D, HAS_MASK=key_padding_mask is not None, DOT_FP32=_interpreting() or not lowp,
+        D=D, HAS_MASK=key_padding_mask is not None, DOT_FP32=interpreter_active() or not lowp,
         PREC=_dot_precision(q_dtype), STORE_O=store_o, STORE_O32=lowp, **_block_kwargs(True),
     )
     return (o if store_o else o_acc.to(q_dtype)), lse, o_acc
@@ -855,8 +859,9 @@ def attention_bwd(do, q, k, v, o, lse, key_padding_mask=None, q_norm_weight=None
             smb, sml,
             H, Lq, Lk, scale,
         )
-        flags = dict(D=D, HAS_MASK=key_padding_mask is not None, DOT_FP32=_interpreting() or q.dtype == torch.float32,
-                     PREC=_dot_precision(q.dtype), **_block_kwargs(False))
+        flags = dict(D=D, HAS_MASK=key_padding_mask is not None,
+                     DOT_FP32=interpreter_active() or q.dtype == torch.float32, PREC=_dot_precision(q.dtype),
+                     **_block_kwargs(False))
         _dkdv[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](qe, ke, v, do, lse, delta, dk, dv, *common,
                                                                        **flags)
         _dq[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](qe, ke, v, do, lse, delta, dq, *common, **flags)
