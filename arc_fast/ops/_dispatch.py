@@ -11,6 +11,11 @@ twin). The default is chosen by device:
 ``ARC_FAST_BACKEND=eager|triton|cuda`` or ``with use_backend("eager"):`` forces one. A forced backend
 that an op does not implement falls back to that op's default with a one-time warning, so that forcing
 ``cuda`` for the decoder does not break the DiT.
+
+The ops also share two helpers: ``kernel_module(name)`` imports a Triton kernel module on first use, and
+``use_triton(op, reasons, requested)`` decides whether inputs that the kernel does not support fall back to
+eager (automatic choice, warned once per op) or raise (``backend="triton"`` requested). Both stay traceable
+by ``torch.compile(fullgraph=True)``.
 """
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ BACKENDS = ("eager", "triton", "cuda")
 # A plain module-level stack (not a ContextVar): torch.compile traces reads of module globals, not ContextVars.
 _forced_stack: list[str | None] = []
 _warned: set[tuple[str, str]] = set()
+_warned_fallback: set[str] = set()  # ops that warned about an eager fallback (tests may discard entries)
+
+# setup.py installs kernels/ as arc_fast.kernels; an uninstalled source checkout only has the top-level
+# ``kernels`` package. Decided once here (finding a spec imports no triton).
+KERNELS_INSTALLED = importlib.util.find_spec("arc_fast.kernels") is not None
+_kernels_package = None
 
 
 def _check_name(name: str) -> str:
@@ -125,3 +136,37 @@ def pick_backend(op: str, device_type: str, implemented: tuple[str, ...] = ("eag
                           f"using {default_backend(device_type)!r}", RuntimeWarning, stacklevel=3)
     choice = default_backend(device_type)
     return choice if choice in implemented else "eager"
+
+
+def kernel_module(name: str):
+    """The Triton kernel module ``arc_fast.kernels.<name>`` (``kernels.<name>`` in an uninstalled source
+    checkout), imported on first use: importing the ops never imports triton.
+
+    Traceable by torch.compile even when the first call happens while compiling: the package comes from
+    plain import statements into a module global, and the submodule from ``getattr`` on the package (its
+    ``__getattr__`` imports it; dynamo runs a module's attribute lookup for real). ``importlib`` calls, or an
+    import statement with a computed name, would not trace.
+    """
+    global _kernels_package
+    if _kernels_package is None:
+        if KERNELS_INSTALLED:
+            from arc_fast import kernels as pkg
+        else:
+            import kernels as pkg
+        _kernels_package = pkg
+    return getattr(_kernels_package, name)
+
+
+def use_triton(op: str, reasons: list[str], requested: str | None) -> bool:
+    """Whether ``op``, dispatched to triton, runs its kernel on inputs with these ``not_supported_reasons``.
+
+    True when there is no reason, or when triton was requested (``backend="triton"`` is strict: the kernel's
+    launcher then raises the reasons). Otherwise the automatic choice falls back to eager: False, with a
+    RuntimeWarning once per op naming the reasons.
+    """
+    if not reasons or requested == "triton":
+        return True
+    if op not in _warned_fallback:
+        _warned_fallback.add(op)
+        warnings.warn(f"arc_fast: {op} falls back to eager: {'; '.join(reasons)}", RuntimeWarning, stacklevel=3)
+    return False

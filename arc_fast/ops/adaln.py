@@ -7,47 +7,23 @@
 """
 from __future__ import annotations
 
-import importlib.util
-import warnings
-
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import pick_backend
+from ._dispatch import _warned_fallback  # noqa: F401 - the shared once-per-op fallback-warning set (tests reset it)
+from ._dispatch import kernel_module, pick_backend, use_triton
 
 IMPLEMENTED = ("eager", "triton")
-_warned_fallback: set[str] = set()
-
-
-_kernel_module = None
-# setup.py installs kernels/ as arc_fast.kernels; an uninstalled source checkout only has the top-level
-# ``kernels`` package. Decided once here (finding a spec imports no triton).
-_INSTALLED_KERNELS = importlib.util.find_spec("arc_fast.kernels") is not None
 
 
 def triton_module():
     """The kernel module ``arc_fast.kernels.adaln`` (lazy; ``kernels.adaln`` in an uninstalled checkout)."""
-    # A module global and plain import statements (no importlib, no try/except) keep this traceable by
-    # torch.compile even when the first call happens while compiling.
-    global _kernel_module
-    if _kernel_module is None:
-        if _INSTALLED_KERNELS:
-            from arc_fast.kernels import adaln as mod
-        else:
-            from kernels import adaln as mod
-        _kernel_module = mod
-    return _kernel_module
+    return kernel_module("adaln")
 
 
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
     """(Bs, D) or (Bs, 1, D) -> (Bs, 1, D), broadcast over the sequence."""
     return t.reshape(t.shape[0], 1, -1)
-
-
-def _fallback_warning(op: str, reasons: list[str]) -> None:
-    if op not in _warned_fallback:
-        _warned_fallback.add(op)
-        warnings.warn(f"arc_fast: {op} falls back to eager: {'; '.join(reasons)}", RuntimeWarning, stacklevel=3)
 
 
 def _eager_adaln(x, gamma, scale, shift, eps):
@@ -79,10 +55,8 @@ def adaln_layer_norm(x: torch.Tensor, gamma: torch.Tensor | None = None, scale: 
     name = pick_backend("adaln_layer_norm", x.device.type, implemented=IMPLEMENTED, requested=backend)
     if name == "triton":
         kmod = triton_module()
-        reasons = kmod.not_supported_reasons(x, gamma, scale, shift)
-        if not reasons or backend == "triton":
+        if use_triton("adaln_layer_norm", kmod.not_supported_reasons(x, gamma, scale, shift), backend):
             return kmod.adaln_layer_norm(x, gamma, scale, shift, eps)
-        _fallback_warning("adaln_layer_norm", reasons)
     return _eager_adaln(x, gamma, scale, shift, eps)
 
 
@@ -111,8 +85,6 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, 
     name = pick_backend("gated_residual", x.device.type, implemented=IMPLEMENTED, requested=backend)
     if name == "triton":
         kmod = triton_module()
-        reasons = kmod.gated_residual_not_supported_reasons(x, y, gate)
-        if not reasons or backend == "triton":
+        if use_triton("gated_residual", kmod.gated_residual_not_supported_reasons(x, y, gate), backend):
             return kmod.gated_residual(x, y, gate, sigmoid_gate)
-        _fallback_warning("gated_residual", reasons)
     return _eager_gated(x, y, gate, sigmoid_gate)

@@ -16,7 +16,6 @@ whose keys are all masked out gives 0 (and zero gradients) everywhere.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import math
 from typing import Optional
@@ -25,31 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from ..reference import functional as ref
-from ._dispatch import pick_backend
+from ._dispatch import kernel_module, pick_backend
 
 __all__ = ["attention", "ATTENTION_BACKENDS"]
 
 ATTENTION_BACKENDS = ("eager", "triton", "sdpa", "flash_attn")
 
 
-_kernel_module = None
-# Decided once at import (finding a spec imports no triton): installed arc_fast.kernels, or a source checkout.
-_INSTALLED_KERNELS = importlib.util.find_spec("arc_fast.kernels") is not None
-
-
 def _kernels():
-    """``arc_fast.kernels.attention`` when installed, else ``kernels/attention.py`` of a source checkout.
-
-    Plain import statements and a module global (no importlib) keep this traceable by torch.compile even
-    when the first call happens while compiling."""
-    global _kernel_module
-    if _kernel_module is None:
-        if _INSTALLED_KERNELS:
-            from arc_fast.kernels import attention as mod
-        else:
-            from kernels import attention as mod
-        _kernel_module = mod
-    return _kernel_module
+    """``arc_fast.kernels.attention`` when installed, else ``kernels/attention.py`` of a source checkout
+    (imported on first use, traceable by torch.compile: see ``_dispatch.kernel_module``)."""
+    return kernel_module("attention")
 
 
 def _prologue(q, k, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, norm_eps, freqs):

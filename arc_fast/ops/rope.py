@@ -6,22 +6,13 @@ k, forward and backward) through ``pick_backend``.
 """
 from __future__ import annotations
 
-import importlib.util
-import warnings
-
 import torch
 
-from ._dispatch import pick_backend
+from ._dispatch import _warned_fallback  # noqa: F401 - the shared once-per-op fallback-warning set (tests reset it)
+from ._dispatch import kernel_module, pick_backend, use_triton
 
 OP = "rope"
 IMPLEMENTED = ("eager", "triton")
-_warned_fallback: set[str] = set()
-
-
-_kernel_module = None
-# setup.py installs kernels/ as arc_fast.kernels; an uninstalled source checkout only has the top-level
-# ``kernels`` package. Decided once here (finding a spec imports no triton).
-_INSTALLED_KERNELS = importlib.util.find_spec("arc_fast.kernels") is not None
 
 
 def triton_module():
@@ -30,16 +21,7 @@ def triton_module():
     From a source checkout that is not installed, ``arc_fast.kernels`` does not exist (setup.py maps it onto
     ``kernels/``); the top-level ``kernels`` package is used then.
     """
-    # A module global and plain import statements (no importlib, no try/except) keep this traceable by
-    # torch.compile even when the first call happens while compiling.
-    global _kernel_module
-    if _kernel_module is None:
-        if _INSTALLED_KERNELS:
-            from arc_fast.kernels import rope as mod
-        else:
-            from kernels import rope as mod
-        _kernel_module = mod
-    return _kernel_module
+    return kernel_module("rope")
 
 
 def _eager(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,10 +64,6 @@ def rope(q: torch.Tensor, k: torch.Tensor, freqs: torch.Tensor, backend: str | N
     name = pick_backend(OP, q.device.type, implemented=IMPLEMENTED, requested=backend)
     if name == "triton":
         kmod = triton_module()
-        reasons = kmod.not_supported_reasons(q, k, freqs)
-        if not reasons or backend == "triton":
+        if use_triton(OP, kmod.not_supported_reasons(q, k, freqs), backend):
             return kmod.rope(q, k, freqs)
-        if OP not in _warned_fallback:
-            _warned_fallback.add(OP)
-            warnings.warn(f"arc_fast: {OP} falls back to eager: {'; '.join(reasons)}", RuntimeWarning, stacklevel=2)
     return _eager(q, k, freqs)

@@ -18,13 +18,13 @@ a ``backend=`` argument forces one.
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..reference.functional import snake_beta
+from . import _dispatch
 from ._dispatch import pick_backend
 
 __all__ = ["snake_conv1d", "snake_conv_transpose1d", "snake_activation", "pack_polyphase", "PolyphaseWeight",
@@ -39,14 +39,10 @@ def kernel_module():
 
     From a source checkout that is not installed, ``arc_fast.kernels`` does not exist (setup.py maps it onto
     ``kernels/``); the top-level ``kernels`` package is used then (the same rule as the other ops, so each
-    kernel file is imported, and its custom ops registered, once).
+    kernel file is imported, and its custom ops registered, once). Traceable by torch.compile, also on the
+    first call (``_dispatch.kernel_module``).
     """
-    try:
-        return importlib.import_module("arc_fast.kernels.snake_conv")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("arc_fast.kernels"):
-            raise
-        return importlib.import_module("kernels.snake_conv")
+    return _dispatch.kernel_module("snake_conv")
 
 
 @functools.lru_cache(maxsize=1)

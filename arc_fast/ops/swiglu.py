@@ -5,37 +5,19 @@
 """
 from __future__ import annotations
 
-import importlib.util
-import warnings
-
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import pick_backend
+from ._dispatch import _warned_fallback  # noqa: F401 - the shared once-per-op fallback-warning set (tests reset it)
+from ._dispatch import kernel_module, pick_backend, use_triton
 
 OP = "swiglu"
 IMPLEMENTED = ("eager", "triton")
-_warned_fallback: set[str] = set()
-
-
-_kernel_module = None
-# setup.py installs kernels/ as arc_fast.kernels; an uninstalled source checkout only has the top-level
-# ``kernels`` package. Decided once here (finding a spec imports no triton).
-_INSTALLED_KERNELS = importlib.util.find_spec("arc_fast.kernels") is not None
 
 
 def triton_module():
     """The kernel module ``arc_fast.kernels.swiglu`` (lazy; ``kernels.swiglu`` in an uninstalled checkout)."""
-    # A module global and plain import statements (no importlib, no try/except) keep this traceable by
-    # torch.compile even when the first call happens while compiling.
-    global _kernel_module
-    if _kernel_module is None:
-        if _INSTALLED_KERNELS:
-            from arc_fast.kernels import swiglu as mod
-        else:
-            from kernels import swiglu as mod
-        _kernel_module = mod
-    return _kernel_module
+    return kernel_module("swiglu")
 
 
 def _eager(h: torch.Tensor) -> torch.Tensor:
@@ -59,10 +41,6 @@ def swiglu(h: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     name = pick_backend(OP, h.device.type, implemented=IMPLEMENTED, requested=backend)
     if name == "triton":
         kmod = triton_module()
-        reasons = kmod.not_supported_reasons(h)
-        if not reasons or backend == "triton":
+        if use_triton(OP, kmod.not_supported_reasons(h), backend):
             return kmod.swiglu(h)
-        if OP not in _warned_fallback:
-            _warned_fallback.add(OP)
-            warnings.warn(f"arc_fast: {OP} falls back to eager: {'; '.join(reasons)}", RuntimeWarning, stacklevel=2)
     return _eager(h)
