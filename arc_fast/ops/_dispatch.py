@@ -140,7 +140,7 @@ def pick_backend(op: str, device_type: str, implemented: tuple[str, ...] = ("eag
 
 def kernel_module(name: str):
     """The Triton kernel module ``arc_fast.kernels.<name>`` (``kernels.<name>`` in an uninstalled source
-    checkout), imported on first use: importing the ops never imports triton.
+    checkout), imported on first use: importing the ops imports no kernel module.
 
     Traceable by torch.compile even when the first call happens while compiling: the package comes from
     plain import statements into a module global, and the submodule from ``getattr`` on the package (its

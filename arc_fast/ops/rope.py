@@ -16,7 +16,7 @@ IMPLEMENTED = ("eager", "triton")
 
 
 def triton_module():
-    """The kernel module ``arc_fast.kernels.rope`` (imported lazily: importing the ops never imports triton).
+    """The kernel module ``arc_fast.kernels.rope`` (imported lazily: importing the ops imports no kernel module).
 
     From a source checkout that is not installed, ``arc_fast.kernels`` does not exist (setup.py maps it onto
     ``kernels/``); the top-level ``kernels`` package is used then.
