@@ -38,7 +38,7 @@ def main(argv=None):
         args += ["--samples", "2", "--prompts", prompts, "--base-steps", "2", "--arc-steps", "1",
                  "--no-contrastive-steps", "1", "--classifier-clips", "16", "--classifier-steps", "2"]
     else:
-        args += ["--samples", str(a.samples), "--no-contrastive-steps", "8,4"]
+        args += ["--samples", str(a.samples), "--no-contrastive-steps", "8"]
     return eval_main(args)
 
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 QUICK=""
 if [ "${1:-}" = "--quick" ]; then QUICK="--quick"; shift; fi
-OUT=${1:-tiny_runs/run}
+OUT=${1:-${TMPDIR:-/tmp}/arc_fast_tiny_run}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PY=${PYTHON:-python}
 $PY scripts/train_tiny/01_autoencoder.py --out "$OUT" $QUICK
