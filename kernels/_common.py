@@ -100,13 +100,18 @@ def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 
     Under the interpreter: the plain ``kernel`` with the ``fixed`` block sizes and ``fixed_warps`` (it pays
     per operation, not per element, and autotuning would only multiply the run time). On the GPU: its
     autotuned twin ``tuned``, which supplies the block sizes and warps itself; inside
-    ``torch.cuda.device(device)`` when ``device`` is given (Triton launches on the current device).
+    ``torch.cuda.device(device)`` (default: the first tensor argument's device; Triton launches on the
+    current device).
 
     grid: a function of the meta-parameters (a dict holding the block sizes) returning the grid tuple.
     """
     if interpreter_active():
         kernel[grid(fixed)](*args, **fixed, **meta, num_warps=fixed_warps)
-    elif device is None:
+        return
+    if device is None:
+        # Triton launches on the *current* device: follow the tensors, so a non-current GPU works too.
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if device is None or device.type != "cuda":
         tuned[grid](*args, **meta)
     else:
         with torch.cuda.device(device):

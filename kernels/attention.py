@@ -51,6 +51,7 @@ References: Dao, "FlashAttention-2" (2023); the Triton fused-attention tutorial 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Optional
@@ -882,14 +883,20 @@ def attention_bwd(do, q, k, v, o, lse, key_padding_mask=None, q_norm_weight=None
 # ----------------------------------------------------------------------------------------------------------
 # torch.library registration
 # ----------------------------------------------------------------------------------------------------------
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current device: make it the tensors' one (a no-op on the CPU)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 @torch.library.custom_op("arc_fast::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
                       q_norm_weight: Optional[torch.Tensor], q_norm_bias: Optional[torch.Tensor],
                       k_norm_weight: Optional[torch.Tensor], k_norm_bias: Optional[torch.Tensor],
                       freqs: Optional[torch.Tensor], norm_eps: float, scale: float
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention_fwd(q, k, v, key_padding_mask, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias, freqs,
-                         norm_eps, scale)
+    with _on_device(q):
+        return attention_fwd(q, k, v, key_padding_mask, q_norm_weight, q_norm_bias, k_norm_weight, k_norm_bias,
+                             freqs, norm_eps, scale)
 
 
 @_attention_fwd_op.register_fake
@@ -908,8 +915,9 @@ def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
                       freqs: Optional[torch.Tensor], norm_eps: float, scale: float
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                  torch.Tensor]:
-    grads = attention_bwd(do, q, k, v, o, lse, key_padding_mask, q_norm_weight, q_norm_bias, k_norm_weight,
-                          k_norm_bias, freqs, norm_eps, scale)
+    with _on_device(q):
+        grads = attention_bwd(do, q, k, v, o, lse, key_padding_mask, q_norm_weight, q_norm_bias, k_norm_weight,
+                              k_norm_bias, freqs, norm_eps, scale)
     # custom_op outputs cannot be None: an absent norm parameter gets an empty (0,) gradient.
     return tuple(g if g is not None else q.new_empty((0,)) for g in grads)
 
