@@ -27,61 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..configs import diffusion_cond_config
 from .synthetic import SAMPLE_RATE, WINDOW, make_clip
 
-#: The trained tiny model: SAO Small's architecture family scaled down (Oobleck VAE with hop 2048 and 16
-#: latent channels, hash text encoder + seconds_total, a 4-block DiT of width 128), window 65536 samples.
-TINY_TRAINED: dict = {
-    "model_type": "diffusion_cond",
-    "sample_size": WINDOW,
-    "sample_rate": SAMPLE_RATE,
-    "audio_channels": 2,
-    "model": {
-        "pretransform": {
-            "type": "autoencoder",
-            "iterate_batch": True,
-            "config": {
-                "encoder": {"type": "oobleck", "config": {"in_channels": 2, "latent_dim": 32, "channels": 8,
-                                                          "c_mults": [2, 4, 8], "strides": [2, 4, 4],
-                                                          "use_snake": True}},
-                "decoder": {"type": "oobleck", "config": {"out_channels": 2, "latent_dim": 16, "channels": 8,
-                                                          "c_mults": [2, 4, 8], "strides": [2, 4, 4],
-                                                          "use_snake": True, "final_tanh": False}},
-                "bottleneck": {"type": "vae"},
-                "latent_dim": 16,
-                "downsampling_ratio": 32,
-                "io_channels": 2,
-            },
-        },
-        "conditioning": {
-            "configs": [
-                {"id": "prompt", "type": "hash_text", "config": {"dim": 64, "max_length": 16, "num_layers": 1,
-                                                                "num_heads": 4, "vocab_size": 1024}},
-                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 2}},
-            ],
-            "cond_dim": 64,
-        },
-        "diffusion": {
-            "cross_attention_cond_ids": ["prompt", "seconds_total"],
-            "global_cond_ids": ["seconds_total"],
-            "type": "dit",
-            "diffusion_objective": "rectified_flow",
-            "config": {
-                "io_channels": 16,
-                "patch_size": 64,
-                "embed_dim": 128,
-                "depth": 4,
-                "num_heads": 4,
-                "cond_token_dim": 64,
-                "global_cond_dim": 64,
-                "transformer_type": "continuous_transformer",
-                "attn_kwargs": {"qk_norm": "ln"},
-            },
-        },
-        "io_channels": 16,
-    },
-    "arc_fast": {"arc_post_trained": False},
-}
+#: The trained tiny model: SAO Small's architecture family scaled down (Oobleck VAE with hop 32 and 16 latent
+#: channels, hash text encoder + seconds_total, a 4-block DiT of width 128 on 64-frame patches), window 65536.
+TINY_TRAINED: dict = diffusion_cond_config(
+    sample_size=WINDOW, sample_rate=SAMPLE_RATE, ae_channels=8, c_mults=[2, 4, 8], strides=[2, 4, 4], latent_dim=16,
+    prompt={"type": "hash_text", "config": {"dim": 64, "max_length": 16, "num_layers": 1, "num_heads": 4,
+                                            "vocab_size": 1024}},
+    cond_dim=64, max_seconds=2, dit={"patch_size": 64, "embed_dim": 128, "depth": 4, "num_heads": 4},
+    arc_post_trained=False)
 
 
 def tiny_config() -> dict:
