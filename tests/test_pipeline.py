@@ -77,8 +77,11 @@ def test_save_load_round_trip_and_strict_keys(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_pipeline(str(tmp_path / "m"), device="cpu", fast=False)
     assert "transformer.layers.1.ff.ff.2.weight" in str(e.value) and "bogus.weight" in str(e.value)
-    with pytest.warns(RuntimeWarning, match="missing"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         load_pipeline(str(tmp_path / "m"), device="cpu", fast=False, allow_partial=True)
+    said = " | ".join(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+    assert "missing" in said and "bogus.weight" in said, said
 
 
 def test_lightning_wrapped_checkpoint_loads(tmp_path):
