@@ -11,6 +11,8 @@ import os
 import sys
 import tempfile
 
+from ._errors import report_error
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line."""
@@ -271,13 +273,9 @@ def main(argv=None) -> int:
         print("arc-fast: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, no traceback
-        if os.environ.get("ARC_FAST_DEBUG") == "1":
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        if isinstance(exc, ImportError) and "transformers" in msg:
-            msg += " (or use a model whose text conditioner needs no T5)"
-        print(f"arc-fast: error: {msg}", file=sys.stderr)
-        return 2
+        hint = " (or use a model whose text conditioner needs no T5)" if (
+            isinstance(exc, ImportError) and "transformers" in str(exc)) else ""
+        return report_error("arc-fast", exc, hint)
     return 0
 
 

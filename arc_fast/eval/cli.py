@@ -16,6 +16,8 @@ import os
 import shlex
 import sys
 
+from .._errors import report_error
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``eval`` sub-command to an argparse ``subparsers`` object; returns its parser."""
@@ -117,11 +119,7 @@ def run(args) -> int:
         print("arc-fast eval: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, no traceback
-        if os.environ.get("ARC_FAST_DEBUG") == "1":
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        print(f"arc-fast eval: error: {msg}", file=sys.stderr)
-        return 2
+        return report_error("arc-fast eval", exc)
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from .._errors import report_error
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` sub-command to an argparse ``subparsers`` object; returns its parser."""
@@ -53,11 +55,7 @@ def run(args) -> int:
         print("arc-fast train: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, no traceback
-        if os.environ.get("ARC_FAST_DEBUG") == "1":
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        print(f"arc-fast train: error: {msg}", file=sys.stderr)
-        return 2
+        return report_error("arc-fast train", exc)
     finally:
         if trainer is not None:
             trainer.close()
