@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
                    help="DiT precision (auto: bf16 on CUDA, fp32 on CPU); the decoder falls back to fp32 on NaN/Inf")
     g.add_argument("--reference", action="store_true", help="use the eager reference modules instead of the fused ones")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA only: run the sampling loop and the decode as captured CUDA graphs")
+    g.add_argument("--compile", action="store_true", help="run the DiT through torch.compile (slow first call)")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
 
     c = sub.add_parser("convert", help="write a model in the unwrapped inference layout (.safetensors + config)")
@@ -154,6 +157,8 @@ def _generate(args) -> int:
         raise CLIError("empty prompt (give a text description of the sound)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda but no CUDA device is available (use --device cpu)")
+    if args.cuda_graph and (args.device == "cpu" or not torch.cuda.is_available()):
+        raise CLIError("--cuda-graph needs a CUDA device (drop --cuda-graph to run on the CPU)")
     if args.init_noise_level is not None and args.init_audio is None:
         raise CLIError("--init-noise-level needs --init-audio")
     if args.init_audio is not None and not os.path.isfile(args.init_audio):
@@ -164,11 +169,14 @@ def _generate(args) -> int:
                          fast=not args.reference, config=args.config, dit=args.dit, autoencoder=args.autoencoder,
                          ema=args.ema, arc_post_trained=_kind(args))
     _notes(pipe.load_notes, args.quiet)
+    if args.compile:
+        pipe.compile()
     try:
         audio, sr = pipe(args.prompt, seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
                          sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
                          init_audio=args.init_audio, init_noise_level=args.init_noise_level,
-                         short_window=True if args.short_window else None, progress=not args.quiet)
+                         short_window=True if args.short_window else None, progress=not args.quiet,
+                         cuda_graph=args.cuda_graph)
     except GenerationError as exc:
         raise CLIError(f"{exc}; no file written") from exc
     outputs = [args.output] if audio.shape[0] == 1 else [

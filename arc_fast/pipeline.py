@@ -300,6 +300,85 @@ def _sample_loop(model, x: torch.Tensor, ts: torch.Tensor, sampler: str, objecti
     return x
 
 
+class _GraphRunner:
+    """The sampling loop and the decode of one call shape, captured as two CUDA graphs (one pool).
+
+    Inputs live in static buffers (start latents, the ping-pong noise of every step, the conditioning) that
+    each call overwrites; the loop's times are constants of the capture. The per-step noise is drawn on the
+    host from the call's generator in the same order as ``sampling.sample_pingpong`` draws it, so a replay
+    computes what the eager sampler computes from the same seed. Two graphs rather than one only so that the
+    DiT and the decoder are timed apart (CUDA events, no host sync between them). On a CPU tensor nothing is
+    captured: the same loop runs eagerly, which is how the CPU tests check its arithmetic and noise order."""
+
+    def __init__(self, dit, decode, x: torch.Tensor, ts: torch.Tensor, sampler: str, cfg_scale: float, cond: dict):
+        steps = ts.shape[0] - 1
+        self.steps, self.sampler = steps, sampler
+        self.x = x.clone()
+        self.eps = x.new_empty((max(steps - 1, 0),) + tuple(x.shape)) if sampler == "pingpong" else None
+        self.cond = {k: v.clone() for k, v in cond.items()}
+        b, dt = x.shape[0], x.dtype
+        ts = ts.to(x.device)
+        # The step constants are rounded exactly as sampling.sample_euler / sample_pingpong round them.
+        tvec = [ts[i].expand(b).to(dt).contiguous() for i in range(steps)]
+        dts = [(ts[i + 1] - ts[i]).to(dt) for i in range(steps)]
+        t_cur = [ts[i].to(dt) for i in range(steps)]
+        keep = [(1 - ts[i + 1]).to(dt) for i in range(steps)]
+        t_next = [ts[i + 1].to(dt) for i in range(steps)]
+
+        def loop():
+            x = self.x
+            flags = []
+            for i in range(steps):
+                v = dit(x, tvec[i], cfg_scale=cfg_scale, **self.cond)
+                flags.append(torch.isfinite(v).all())
+                if sampler == "euler":
+                    x = x + dts[i] * v
+                else:
+                    x0_hat = x - t_cur[i] * v
+                    x = x0_hat if i == steps - 1 else keep[i] * x0_hat + t_next[i] * self.eps[i]
+            return x, torch.stack(flags)
+
+        self.capture = x.device.type == "cuda"
+        if not self.capture:
+            self.loop, self.decode = loop, decode
+            return
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):   # autotuning, plan caches and first allocations stay out of the capture
+            for _ in range(2):
+                decode(loop()[0])
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        self.g_loop, self.g_dec = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.g_loop, pool=pool):
+            self.latents, self.flags = loop()
+        with torch.cuda.graph(self.g_dec, pool=pool):
+            self.audio = decode(self.latents)
+
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor | None, cond: dict):
+        """Replay on new inputs: returns (latents, audio, per-step finite flags, DiT ms, decoder ms); the outputs
+        are the graphs' static buffers, overwritten by the next replay."""
+        self.x.copy_(x)
+        if self.eps is not None and eps is not None:
+            self.eps.copy_(eps)
+        for k, v in cond.items():
+            self.cond[k].copy_(v)
+        if not self.capture:
+            t0 = time.perf_counter()
+            self.latents, self.flags = self.loop()
+            t1 = time.perf_counter()
+            self.audio = self.decode(self.latents)
+            return self.latents, self.audio, self.flags, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        ev[0].record()
+        self.g_loop.replay()
+        ev[1].record()
+        self.g_dec.replay()
+        ev[2].record()
+        ev[2].synchronize()
+        return self.latents, self.audio, self.flags, ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2])
+
+
 # ------------------------------------------------------------------------------------------------------
 # Pipeline
 # ------------------------------------------------------------------------------------------------------
@@ -338,6 +417,8 @@ class Pipeline:
         self.load_notes: list[str] = []
         self.last_timings = Timings()
         self._warned: set[str] = set()
+        self._compiled = None              # (the DiT it wraps, torch.compile wrapper) after compile()
+        self._graph_first_bad = None
 
     # -------------------------------------------------------------------------------- properties
     @property
@@ -383,7 +464,14 @@ class Pipeline:
         if ae is not None:
             self.autoencoder_dtype = ae
             self._lowp_decoders = {}
+        self.clear_cuda_graphs()
         return self
+
+    @property
+    def _dit_fn(self):
+        """What sampling calls: the compiled wrapper if ``compile()`` wrapped the current ``self.dit``."""
+        c = self._compiled
+        return c[1] if c is not None and c[0] is self.dit else self.dit
 
     def _fast_decoder(self) -> bool:
         return type(self.autoencoder.decoder).__name__ == "FastOobleckDecoder"
@@ -512,7 +600,7 @@ class Pipeline:
                  cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
                  init_audio=None, init_noise_level: float | None = None, batch_size: int = 1,
                  progress: bool = False, short_window: bool | None = None,
-                 guard: bool = True) -> tuple[torch.Tensor, int]:
+                 guard: bool = True, cuda_graph: bool = False) -> tuple[torch.Tensor, int]:
         """Generate audio. Returns (audio (B, channels, round(seconds * sample_rate)) float32 on the CPU, sample_rate).
 
         prompt: a string or a list (B = its length, or ``batch_size`` copies of one prompt). seconds: clip
@@ -522,8 +610,18 @@ class Pipeline:
         init_noise_level in (0, 1] (default 0.7) is where sampling starts (1 = the init audio has no effect).
         short_window: sample only the latent frames ``seconds`` needs (default: the config's
         ``arc_fast.short_window``, else the whole window). guard: raise ``GenerationError`` on NaN/Inf
-        (naming the stage) or an all-silent output."""
+        (naming the stage) or an all-silent output. cuda_graph: on CUDA, run the sampling loop and the decode as
+        captured CUDA graphs (rectified-flow models; the first call of each shape/steps/sampler/CFG captures,
+        later ones replay with no host sync inside the loop; same result as the eager loop for the same
+        seed; no per-step progress bar). Graphs are cached on the pipeline (``clear_cuda_graphs()``)."""
         prompts = self._validate(prompt, seconds, steps, cfg_scale, batch_size)
+        if cuda_graph:
+            if self.device.type != "cuda":
+                raise ValueError(f"cuda_graph=True needs the pipeline on a CUDA device (it is on {self.device}); "
+                                 f"load it with device='cuda' or leave cuda_graph off")
+            if self.objective == "v":
+                raise ValueError("cuda_graph=True supports rectified-flow models; this one is a v-objective model: "
+                                 "leave cuda_graph off")
         d = self.defaults()
         sampler = sampler or d["sampler"]
         steps = steps or d["steps"]
@@ -575,11 +673,15 @@ class Pipeline:
             _sync(self.device)
             timings.encoder = time.perf_counter() - t_enc
 
-        guarded = _StepGuard(self.dit) if guard else self.dit
+        guarded = _StepGuard(self._dit_fn) if guard else self._dit_fn
         t0 = time.perf_counter()
         step_times: list[float] = []
         timer = step_times if self.device.type == "cpu" else None
-        if self.objective == "v":
+        audio = None
+        if cuda_graph:
+            latents, audio, step_times, timings.decoder = self._graph_sample(
+                noise, init_latents, sigma_max, steps, sampler, cfg_scale, gen, cond, guard)
+        elif self.objective == "v":
             x = noise
             if init_latents is not None:
                 a = 0.0 if sigma_max >= 1.0 else math.cos(sigma_max * math.pi / 2)
@@ -606,7 +708,7 @@ class Pipeline:
             step_times = [(time.perf_counter() - t0) / steps] * steps
         timings.dit_steps = step_times
         if guard:
-            bad = guarded.first_bad()
+            bad = guarded.first_bad() if not cuda_graph else self._graph_first_bad
             if bad is not None:
                 k, t = bad
                 hint = (f"the DiT ran in {dtype}; try bf16 or fp32 (--dtype)" if dtype != torch.float32 else
@@ -614,10 +716,11 @@ class Pipeline:
                 raise NonFiniteError(f"NaN/Inf in the DiT output at step {k + 1} of {steps} (t={t:.4f}); {hint}",
                                      f"DiT step {k + 1} of {steps}")
 
-        t1 = time.perf_counter()
-        audio = self.decode(latents)
-        _sync(self.device)
-        timings.decoder = time.perf_counter() - t1
+        if audio is None:
+            t1 = time.perf_counter()
+            audio = self.decode(latents)
+            _sync(self.device)
+            timings.decoder = time.perf_counter() - t1
         n = int(round(seconds * self.sample_rate))
         audio = audio[..., :n].float().cpu()
         if guard:
@@ -630,6 +733,51 @@ class Pipeline:
         timings.total = time.perf_counter() - t_start
         self.last_timings = timings
         return audio, self.sample_rate
+
+    def _graph_sample(self, noise, init_latents, sigma_max, steps, sampler, cfg_scale, gen, cond, guard):
+        """The ``cuda_graph=True`` path of ``__call__``: (latents, audio fp32, seconds per step, decoder seconds)."""
+        dtype = noise.dtype
+        ts = rf_schedule(steps, sigma_max)
+        x = noise if init_latents is None else (1 - sigma_max) * init_latents.to(dtype) + sigma_max * noise
+        eps = None
+        if sampler == "pingpong" and steps > 1:   # the draws sample_pingpong makes, in its order
+            eps = torch.stack([sampling.randn(x.shape, gen, x.device, dtype) for _ in range(steps - 1)])
+        dec_dtype = self.autoencoder_dtype
+        key = (tuple(x.shape), dtype, dec_dtype, steps, sampler, float(cfg_scale), float(sigma_max),
+               tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in cond.items())))
+        graphs = self.__dict__.setdefault("_cuda_graphs", {})
+        runner = graphs.pop(key, None)
+        if runner is None:
+            if len(graphs) >= 4:           # each graph pins its activations: keep the 4 most recent shapes
+                graphs.pop(next(iter(graphs)))
+            runner = _GraphRunner(self._dit_fn, lambda z: self._run_decoder(z, dec_dtype), x, ts, sampler,
+                                  cfg_scale, cond)
+        graphs[key] = runner               # most recently used last
+        latents, audio, flags, dit_ms, dec_ms = runner(x, eps, cond)
+        self._graph_first_bad = None
+        if not bool(flags.all()):
+            i = int((~flags).nonzero()[0, 0])
+            self._graph_first_bad = (i, float(ts[i]))
+        latents = latents.clone()
+        if self._graph_first_bad is None and not bool(torch.isfinite(audio).all()):
+            # decode() owns the fp32 fallback and its warning; the graphs of the low-precision decoder go.
+            self.clear_cuda_graphs()
+            t1 = time.perf_counter()
+            audio = self.decode(latents)
+            _sync(self.device)
+            dec_ms = (time.perf_counter() - t1) * 1e3
+        return latents, audio.float(), [dit_ms / 1e3 / steps] * steps, dec_ms / 1e3
+
+    def clear_cuda_graphs(self) -> None:
+        """Drop the CUDA graphs ``cuda_graph=True`` captured (and the GPU memory they pin)."""
+        self.__dict__.pop("_cuda_graphs", None)
+
+    def compile(self, **kwargs) -> "Pipeline":
+        """Run the DiT through ``torch.compile(self.dit, **kwargs)`` from now on (the module, its weights and
+        ``state_dict`` keys are unchanged). Composes with ``cuda_graph=True``; the first calls compile."""
+        self._compiled = (self.dit, torch.compile(self.dit, **kwargs))
+        self.clear_cuda_graphs()
+        return self
 
     def _init_seconds(self, init_audio) -> float:
         """Duration in seconds of an init_audio argument (path, (sample_rate, tensor) or tensor at the model rate)."""

@@ -77,6 +77,7 @@ def test_cli_audio_to_audio_from_another_rate_and_channel_count(micro_dir, tmp_p
     (["--seconds", "999"], "seconds must be in"),
     (["--init-noise-level", "0.5"], "needs --init-audio"),
     (["--init-audio", "/nonexistent.wav"], "init audio not found"),
+    pytest.param(["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device", id="cuda-graph-on-cpu"),
 ])
 def test_cli_errors_are_one_line_and_leave_no_file(capsys, tmp_path, args, match):
     out = tmp_path / "clip.wav"

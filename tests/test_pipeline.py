@@ -329,3 +329,94 @@ def test_cuda_bf16_fused_pipeline_with_init_audio():
         recon = pipe.decode(pipe.encode(torch.nn.functional.pad(x, (0, pipe.sample_size - 44100))[None].cuda()))
     e, _ = pipe("a low sine tone", seconds=1.0, seed=0, init_audio=x, init_noise_level=1e-4)
     assert rel(e, recon[..., :44100].cpu()) < 0.05  # bf16 latents: near-zero noise gives the reconstruction
+
+
+# ------------------------------------------------------------------------------------------------ cuda_graph
+def _graph_inputs(p, prompt, seconds, steps, seed):
+    """The inputs __call__ hands to the graph path, drawn in __call__'s order from the same seed."""
+    gen = sampling.make_generator(seed)
+    frames = p.frames_for(seconds, True)
+    cond = p.condition([prompt], seconds)
+    noise = sampling.randn((1, p.latent_channels, frames), gen, p.device, p.dtype)
+    return gen, cond, noise
+
+
+@pytest.mark.filterwarnings("ignore:this is an ARC post-trained model")
+@pytest.mark.parametrize("sampler,cfg", [("pingpong", 1.0), ("euler", 2.5)])
+def test_graph_loop_matches_the_eager_sampler_bitwise(micro, sampler, cfg):
+    """The loop that cuda_graph=True captures, run eagerly on the CPU: same noise order, same rounding of the
+    step constants, hence the same audio as the eager sampler for one seed (the GPU test checks the replay)."""
+    seconds, steps, seed = 0.1, 4, 11
+    ref, _ = micro("a", seconds=seconds, steps=steps, seed=seed, sampler=sampler, cfg_scale=cfg, short_window=True)
+    micro.clear_cuda_graphs()
+    with torch.inference_mode():
+        gen, cond, noise = _graph_inputs(micro, "a", seconds, steps, seed)
+        lat, audio, step_s, dec_s = micro._graph_sample(noise, None, 1.0, steps, sampler, cfg, gen, cond, True)
+        assert len(micro._cuda_graphs) == 1 and len(step_s) == steps and dec_s >= 0
+        assert torch.equal(audio[..., : ref.shape[-1]], ref)
+        gen2, cond2, noise2 = _graph_inputs(micro, "b", seconds, steps, seed + 1)
+        _, audio2, _, _ = micro._graph_sample(noise2, None, 1.0, steps, sampler, cfg, gen2, cond2, True)
+        assert len(micro._cuda_graphs) == 1           # same shape/steps/sampler/CFG: the runner is reused
+        ref2, _ = micro("b", seconds=seconds, steps=steps, seed=seed + 1, sampler=sampler, cfg_scale=cfg,
+                        short_window=True)
+        assert torch.equal(audio2[..., : ref2.shape[-1]], ref2)
+    micro.clear_cuda_graphs()
+
+
+def test_graph_cache_keeps_four_shapes_and_reports_a_planted_nan(micro):
+    micro.clear_cuda_graphs()
+    with torch.inference_mode():
+        for steps in (1, 2, 3, 4, 5):
+            gen, cond, noise = _graph_inputs(micro, "a", 0.1, steps, 0)
+            micro._graph_sample(noise, None, 1.0, steps, "pingpong", 1.0, gen, cond, True)
+        assert [k[3] for k in micro._cuda_graphs] == [2, 3, 4, 5]   # the oldest shape went first
+        calls = {"n": 0}
+
+        def plant(module, args, out):
+            calls["n"] += 1
+            return out.clone().fill_(float("nan")) if calls["n"] == 2 else out
+
+        h = micro.dit.register_forward_hook(plant)
+        try:
+            gen, cond, noise = _graph_inputs(micro, "a", 0.1, 3, 0)
+            micro._graph_sample(noise, None, 1.0, 3, "pingpong", 1.0, gen, cond, True)
+        finally:
+            h.remove()
+        assert micro._graph_first_bad is not None and micro._graph_first_bad[0] == 1
+    micro.clear_cuda_graphs()
+
+
+def test_cuda_graph_and_compile_arguments_fail_clearly_without_cuda(micro):
+    with pytest.raises(ValueError, match="cuda_graph=True needs the pipeline on a CUDA device"):
+        micro("a", seconds=0.1, steps=1, cuda_graph=True)
+    v = build_pipeline(micro_config(objective="v", arc=False), seed=0)
+    v.device = torch.device("cuda")    # the check runs before anything touches the device
+    with pytest.raises(ValueError, match="supports rectified-flow models"):
+        v("a", steps=1, cuda_graph=True)
+    # compile() wraps the DiT it was given; a DiT swapped in later is called directly, never a stale wrapper.
+    p = random_pipeline(micro_config(arc=True), seed=0)
+    p.compile()
+    assert p._dit_fn is not p.dit
+    p.dit = random_pipeline(micro_config(arc=True), seed=1).dit
+    assert p._dit_fn is p.dit
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sampler", ["pingpong", "euler"])
+def test_cuda_graph_replay_matches_eager_on_gpu(sampler):
+    """cuda_graph=True on the bundled model in bf16: capture, replay on another prompt/seed, compare with the
+    eager loop (same kernels, same noise: equal to bf16 rounding), and the timings come from the replay."""
+    pipe = load_pipeline(device="cuda", dtype="bf16")
+    for prompt, seed in (("a low sine tone at 220 Hz", 0), ("a fast hi-hat pattern", 3)):
+        eager, _ = pipe(prompt, seconds=1.0, seed=seed, steps=4, sampler=sampler, cfg_scale=1.0)
+        graph, _ = pipe(prompt, seconds=1.0, seed=seed, steps=4, sampler=sampler, cfg_scale=1.0, cuda_graph=True)
+        assert graph.shape == eager.shape and torch.isfinite(graph).all()
+        assert rel(graph, eager) < 1e-2, rel(graph, eager)
+    assert len(pipe._cuda_graphs) == 1
+    t = pipe.last_timings
+    assert len(t.dit_steps) == 4 and t.decoder > 0
+    pipe.compile()
+    comp, _ = pipe("a low sine tone at 220 Hz", seconds=1.0, seed=0, steps=4, sampler=sampler, cuda_graph=True)
+    ref, _ = pipe("a low sine tone at 220 Hz", seconds=1.0, seed=0, steps=4, sampler=sampler)
+    assert rel(comp, ref) < 2e-2

@@ -436,8 +436,10 @@ class DiffusionTransformer(nn.Module):
             return self._forward(x, t, cross_attn_cond=cross_attn_cond, cross_attn_cond_mask=cross_attn_cond_mask,
                                  prepend_cond=prepend_cond, **common)
         sigma = t[0] if self.diffusion_objective in ("rectified_flow", "rf_denoiser") else torch.sin(t[0] * math.pi / 2)
+        # The default interval (0, 1) holds every sigma: skip reading it so that no host sync happens (a CUDA
+        # graph capture of the sampling loop forbids one).
         use_cfg = (cfg_scale != 1.0 and (cross_attn_cond is not None or prepend_cond is not None)
-                   and cfg_interval[0] <= float(sigma) <= cfg_interval[1])
+                   and (tuple(cfg_interval) == (0, 1) or cfg_interval[0] <= float(sigma) <= cfg_interval[1]))
         if not use_cfg:
             return self._forward(x, t, cross_attn_cond=cross_attn_cond, cross_attn_cond_mask=cross_attn_cond_mask,
                                  prepend_cond=prepend_cond, **common)
