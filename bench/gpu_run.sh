@@ -45,9 +45,10 @@ if [ "$T_TEST" -gt 30 ]; then
     XD=""
     "$PY" -c "import xdist" 2>/dev/null && XD="-n ${PYTEST_WORKERS:-8}"
     TO=""
-    "$PY" -c "import pytest_timeout" 2>/dev/null && TO="--timeout=150"
+    "$PY" -c "import pytest_timeout" 2>/dev/null && TO="--timeout=${TEST_TIMEOUT_S:-150}"
     say "pytest -m gpu $XD $TO (timeout ${T_TEST}s)"
-    ARC_FAST_AUTOTUNE=0 timeout "$T_TEST" "$PY" -m pytest -m gpu -q -p no:cacheprovider $XD $TO --tb=short -rfE \
+    # SIGINT first: pytest then still prints its failures and summary (a loan has no time for a rerun).
+    ARC_FAST_AUTOTUNE=0 timeout -s INT -k 20 "$T_TEST" "$PY" -m pytest -m gpu -v -p no:cacheprovider $XD $TO --tb=short -rfE \
         --durations=15 ${PYTEST_ARGS:-} >"$OUT/pytest.txt" 2>&1
     rc=$?
     tail -n 25 "$OUT/pytest.txt" | tee -a "$LOG"
