@@ -14,6 +14,7 @@ several of them.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -93,13 +94,19 @@ def as_3d(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 3 else t.reshape(1, -1, t.shape[-1])
 
 
+def autotune_enabled() -> bool:
+    """False when ``ARC_FAST_AUTOTUNE=0``: GPU launches then use each kernel's first config, untimed."""
+    return os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0"
+
+
 def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 1,
            device: torch.device | None = None, **meta) -> None:
     """Launch ``kernel(*args, **meta)`` with its block sizes chosen by the environment.
 
     Under the interpreter: the plain ``kernel`` with the ``fixed`` block sizes and ``fixed_warps`` (it pays
     per operation, not per element, and autotuning would only multiply the run time). On the GPU: its
-    autotuned twin ``tuned``, which supplies the block sizes and warps itself; inside
+    autotuned twin ``tuned``, which supplies the block sizes and warps itself (with ``ARC_FAST_AUTOTUNE=0``:
+    ``kernel`` with the first of ``tuned.configs``, never benchmarked); inside
     ``torch.cuda.device(device)`` (default: the first tensor argument's device; Triton launches on the
     current device).
 
@@ -108,11 +115,19 @@ def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 
     if interpreter_active():
         kernel[grid(fixed)](*args, **fixed, **meta, num_warps=fixed_warps)
         return
+    if not autotune_enabled():
+        # The first listed config, with no benchmarking: first calls cost one compile per kernel variant instead
+        # of one per config (the decoder alone has ~15 autotune keys), which is what short GPU runs need.
+        cfg = tuned.configs[0]
+        pinned = {**cfg.kwargs, **meta, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        call = lambda: kernel[grid(cfg.kwargs)](*args, **pinned)  # noqa: E731
+    else:
+        call = lambda: tuned[grid](*args, **meta)  # noqa: E731
     if device is None:
         # Triton launches on the *current* device: follow the tensors, so a non-current GPU works too.
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
     if device is None or device.type != "cuda":
-        tuned[grid](*args, **meta)
+        call()
     else:
         with torch.cuda.device(device):
-            tuned[grid](*args, **meta)
+            call()

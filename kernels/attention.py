@@ -53,14 +53,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreter_active
+from ._common import autotune_enabled, interpreter_active
 
 __all__ = [
     "attention",
@@ -525,7 +524,7 @@ def _gpu_configs(fwd: bool):
 
 
 def _autotune_enabled() -> bool:
-    return not interpreter_active() and os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0"
+    return not interpreter_active() and autotune_enabled()
 
 
 if _autotune_enabled():
