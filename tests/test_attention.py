@@ -110,7 +110,14 @@ def check_against_reference(x32: dict, dtype, do: torch.Tensor | None, fn=call_k
     assert_close_to_ref("out", out, ref32, reflp, dtype)
     for n, g in grads.items():
         assert g.dtype == dtype, f"d{n} dtype {g.dtype}"
-        assert_close_to_ref(f"d{n}", g, rgrads32[n], rgradslp[n], dtype)
+        kw = {}
+        if n.endswith(("norm_weight", "norm_bias")):
+            kw["metric"] = "rms"       # each element sums B*H*L rows
+        if n == "k_norm_bias":
+            # Softmax ignores a shift shared by all keys, so this grad is 0 in exact arithmetic: measure its
+            # rounding noise against the terms it sums, of the size of the k_norm_weight grad's.
+            kw["scale"] = rgrads32["k_norm_weight"].float().abs().max().item()
+        assert_close_to_ref(f"d{n}", g, rgrads32[n], rgradslp[n], dtype, **kw)
     return out, grads
 
 
