@@ -398,6 +398,13 @@ class Context:
     deadline: Optional[float] = None        # time.monotonic() after which remaining rows are skipped
     log: Callable[[str], None] = print
     options: dict = field(default_factory=dict)
+    partial: list = field(default_factory=list)  # rows of the running suite so far (see collect)
+
+    def collect(self) -> list:
+        """The list a suite appends its finished rows to (and returns): if the run is stopped mid-suite (the
+        budget's SIGTERM), ``bench.run`` still writes these rows out."""
+        self.partial = []
+        return self.partial
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline

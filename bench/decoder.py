@@ -69,7 +69,7 @@ def run(ctx: Context) -> list:
     z = torch.randn(B, dec_cfg["latent_dim"], frames, generator=torch.Generator().manual_seed(3)).to(ctx.device)
     with torch.inference_mode(), exact_fp32():
         want = ref32(z)
-    rows = []
+    rows = ctx.collect()
     name = "full decode" if not ctx.quick else "decode (TINY config)"
     label = (f"B{B} {frames} frames ({configs.seconds_of(frames):.2f} s) {dec_cfg['channels']}ch "
              f"x{'x'.join(map(str, dec_cfg['c_mults']))}")

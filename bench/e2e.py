@@ -99,7 +99,7 @@ def run_cpu(ctx: Context) -> list:
     label = _label(B, frames, cfg, quick)
     dtype = torch.float32
     reps = int(ctx.options.get("e2e_reps") or (1 if quick else 3))
-    rows: list = []
+    rows: list = ctx.collect()
     threads = torch.get_num_threads()
     common_notes = (f"fp32, {threads} thread(s); conditioning: arc-fast hash-text encoder (T5 not available offline) "
                     f"with T5's shapes (65 x 768 tokens, global 768), the same module in both runs; sampler: "
@@ -339,7 +339,7 @@ def run_cuda(ctx: Context) -> list:
     frames = configs.frames_for("cuda", quick)
     dtype = torch.bfloat16
     dev = ctx.device
-    rows: list = []
+    rows: list = ctx.collect()
     ctx.log("[e2e] building models")
     torch.manual_seed(0)
     ref_dit32, ae, cond_module = build_models(cfg)

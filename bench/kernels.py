@@ -599,14 +599,17 @@ def run(ctx: Context) -> list:
     cases = [c for c in build_cases(ctx) if not ctx.options.get("ops")
              or any(c.op.startswith(o) for o in ctx.options["ops"])]
     per: dict = {}
+    done = ctx.collect()
     for which in ("no_compile", "compile"):
         for i, case in enumerate(cases):
             for dtype in ctx.dtypes:
                 tag = " (compile)" if which == "compile" else ""
                 ctx.log(f"[kernels] {case.op} {case.label} {dtype_name(dtype)}{tag}")
-                per.setdefault((i, dtype_name(dtype)), []).extend(run_case(ctx, case, dtype, which))
+                new = run_case(ctx, case, dtype, which)
+                per.setdefault((i, dtype_name(dtype)), []).extend(new)
+                done.extend(new)
     order = {"eager": 0, "compile": 1}
-    rows = []
+    rows = []   # grouped by case and dtype, eager and compile first
     for key in sorted(per, key=lambda k: (k[0], k[1])):
         rows += sorted(per[key], key=lambda r: order.get(r.provider, 2))   # stable: providers keep their order
     return rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 import time
 import traceback
@@ -144,11 +145,21 @@ def main(argv=None) -> int:
     argd = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     argd["device"] = device
     json_path = out_dir / f"{slug}.json"
+    stopped = None
+    signal.signal(signal.SIGTERM, _stop)
     for suite in args.suite:
         log(f"suite {suite}")
         try:
             mod = importlib.import_module(SUITES[suite])
             rows += mod.run(ctx)
+        except Stopped:
+            # `timeout` (a GPU loan's budget) stopped us mid-suite: keep the rows it finished, say where it stopped.
+            rows += ctx.partial
+            stopped = suite
+            notes.append(f"stopped by SIGTERM during suite {suite!r}: its remaining rows and later suites are missing")
+            log(f"SIGTERM during suite {suite}: writing the {len(rows)} finished rows")
+            common.fill_speedups(rows, BASELINES)
+            break
         except Exception as exc:  # noqa: BLE001 - one broken suite must not lose the others' results
             tb = traceback.format_exc(limit=4)
             log(f"suite {suite} failed:\n{tb}")
@@ -162,4 +173,15 @@ def main(argv=None) -> int:
     n_failed = sum(r.status == "failed" for r in rows)
     log(f"wrote {json_path} and {out_dir / (slug + '.md')} ({len(rows)} rows, {n_failed} failed) "
         f"in {time.monotonic() - t0:.0f}s")
+    if stopped is not None:
+        return 124
     return 1 if n_failed else 0
+
+
+class Stopped(BaseException):
+    """Raised in the main thread by SIGTERM; a BaseException so that the suites' per-row `except Exception`
+    handlers do not swallow it."""
+
+
+def _stop(signum, frame):
+    raise Stopped()

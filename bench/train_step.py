@@ -55,7 +55,7 @@ def run(ctx: Context) -> list:
         m.to(dev)
     batch = _batch(B, configs.dit_dims(cfg).io_channels, frames, configs.seconds_of(frames))
     tokens = B * frames
-    rows = []
+    rows = ctx.collect()
     reps = 1 if quick else 3
     for impl, ours in (("fast", True), ("reference", False)):
         prov = "arc_fast" if impl == "fast" else "reference"

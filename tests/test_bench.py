@@ -156,6 +156,34 @@ def test_budget_exhausted_rows_are_skipped(tmp_path):
     assert any("time budget exhausted" in r["notes"] for r in res["rows"])
 
 
+def test_sigterm_mid_suite_keeps_the_finished_rows(tmp_path, monkeypatch):
+    """A GPU loan's `timeout` sends SIGTERM: the rows finished so far, including the stopped suite's own, are
+    written (JSON + markdown) with a note, and the exit code says it was stopped."""
+    import signal
+    import types
+
+    def fake_run(ctx):
+        rows = ctx.collect()
+        rows.append(common.Row("e2e", "total", "B1", "fp32", "arc_fast", "fwd", ours=True, notes="finished"))
+        os.kill(os.getpid(), signal.SIGTERM)      # the handler raises in this thread, here
+        rows.append(common.Row("e2e", "total", "B8", "fp32", "arc_fast", "fwd", notes="never reached"))
+        return rows
+
+    monkeypatch.setitem(run.SUITES, "e2e", "fake_e2e_suite")
+    monkeypatch.setitem(sys.modules, "fake_e2e_suite", types.SimpleNamespace(run=fake_run))
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        code = run.main(["--device", "cpu", "--quick", "--suite", "e2e,kernels", "--out", str(tmp_path),
+                         "--no-plots", "--no-readme"])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert code == 124
+    res = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert [r["notes"] for r in res["rows"]] == ["finished"]            # kernels never started
+    assert any("stopped by SIGTERM during suite 'e2e'" in n for n in res["notes"])
+    assert "finished" in next(tmp_path.glob("*.md")).read_text()
+
+
 # ------------------------------------------------------------------------------------------- peers
 def _hide(monkeypatch, *names):
     real = importlib.util.find_spec
