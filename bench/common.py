@@ -343,6 +343,8 @@ def environment(device: str) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        # False: each kernel ran its first config untuned (ARC_FAST_AUTOTUNE=0, what short GPU loans use).
+        "autotune": os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0",
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         **git_commit(),
     }
