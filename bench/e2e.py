@@ -480,11 +480,14 @@ def _pipeline_rows(ctx, Pipeline, cfg, fast_dit, ae, fast_dec, cond_module, B, f
     pipe = Pipeline(cfg, fast_dit, ae, cond_module).to(ctx.device)
     params = inspect.signature(Pipeline.__call__).parameters
     variants = [("pipeline", {})]
-    if "cuda_graph" in params:
-        variants.append(("pipeline cuda_graph=True", {"cuda_graph": True}))
-    else:
+    if "cuda_graph" not in params:
         rows.append(skipped(SUITE, "total (text -> audio)", label, "bf16", "pipeline cuda_graph=True", "fwd",
                             "Pipeline.__call__ has no cuda_graph option yet", True))
+    elif ctx.device != "cuda":
+        rows.append(skipped(SUITE, "total (text -> audio)", label, "bf16", "pipeline cuda_graph=True", "fwd",
+                            "CUDA graphs need CUDA", True))
+    else:
+        variants.append(("pipeline cuda_graph=True", {"cuda_graph": True}))
     for name, kw in variants:
         if ctx.out_of_time():
             rows.append(skipped(SUITE, "total (text -> audio)", label, "bf16", name, "fwd", "time budget exhausted", True))

@@ -354,6 +354,7 @@ def test_e2e_cuda_path_dry_run_on_cpu(monkeypatch):
     assert by[("total (text -> audio)", "arc_fast+graph")].notes == "CUDA graphs need CUDA"
     assert by[("total (text -> audio)", "arc_fast+cuda-decoder")].status == "skipped"
     assert by[("total (text -> audio)", "pipeline")].status == "ok"
+    assert by[("total (text -> audio)", "pipeline cuda_graph=True")].notes == "CUDA graphs need CUDA"
     assert "last run: conditioner" in by[("total (text -> audio)", "pipeline")].notes
     assert by[("conditioner", "hash_text")].status == "ok"
 
