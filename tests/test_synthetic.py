@@ -98,3 +98,12 @@ def test_metrics_on_known_inputs():
     assert np.isnan(M.estimate_f0(np.zeros(4096)))
     assert M.cents(float("nan"), 220) == float("inf")
     assert M.cents(440, 220) == pytest.approx(1200)
+
+
+def test_tones_and_chords_are_retriggered_at_phase_zero():
+    # Same parameters, different clips: the waveforms differ in level, pan and length but start in phase
+    # (the property that lets a hop-32 latent carry pitch as a first-order signal; see render()).
+    for params in ({"family": "tone", "wave": "sine", "pitch": 220, "mod": None},
+                   {"family": "chord", "quality": "major", "root": "A"}):
+        a, b = (S.make_clip(0, i, params=params).audio[0, :4410].astype(np.float64) for i in (1, 2))
+        assert float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99

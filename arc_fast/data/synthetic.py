@@ -190,11 +190,16 @@ def render(params: dict, rng: np.random.Generator, duration: float, window: int 
             am = 1 - 0.45 * (1 + np.sin(2 * np.pi * 3.0 * t))
         elif mod == "fast tremolo":
             am = 1 - 0.45 * (1 + np.sin(2 * np.pi * 12.0 * t))
-        x = _additive(params["wave"], float(params["pitch"]), t, rng.uniform(0, 2 * np.pi), fm) * am
+        # Oscillators are retriggered (phase 0 at the onset, as a synth voice does): with a random start phase
+        # a tone's hop-32 latent averages to zero over the data, and a text-conditioned denoiser gets almost no
+        # first-order signal about pitch (it then ignores the prompt). The draw is kept so that the rest of
+        # the random stream (duration, level, pan) is unchanged.
+        rng.uniform(0, 2 * np.pi)
+        x = _additive(params["wave"], float(params["pitch"]), t, 0.0, fm) * am
         x = x * _envelope(n, 0.01, 0.05)
     elif fam == "chord":
         root = CHORD_ROOTS[params["root"]]
-        x = sum(_additive("sawtooth", root * 2 ** (s / 12), t, rng.uniform(0, 2 * np.pi))
+        x = sum(_additive("sawtooth", root * 2 ** (s / 12), t, 0.0 * rng.uniform(0, 2 * np.pi))
                 for s in QUALITIES[params["quality"]]) / 2.2
         x = x * _envelope(n, 0.03, 0.15)
     elif fam == "sweep":

@@ -27,6 +27,8 @@ def main(argv=None):
     p.add_argument("--ffts", default="2048,512,128", help="STFT sizes of the spectral loss")
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--init", default=None, help="continue from this autoencoder.pt")
+    p.add_argument("--tone-share", type=float, default=0.0, help="share of the training pool forced to be tones")
+    p.add_argument("--latent-noise", type=float, default=0.0, help="max std of noise added to latents before decoding")
     p.add_argument("--freeze-encoder", action="store_true", help="fine-tune the decoder only (keeps latents valid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -40,7 +42,8 @@ def main(argv=None):
     summary = train_autoencoder(a.out, steps=a.steps, batch=a.batch, crop=a.crop, pool_clips=a.pool_clips,
                                 seed=a.seed, time_limit=a.time_limit, log_every=1 if a.quick else 25, lr=a.lr,
                                 l1_weight=a.l1_weight, ffts=[int(f) for f in a.ffts.split(",")],
-                                grad_clip=a.grad_clip, init=a.init, freeze_encoder=a.freeze_encoder)
+                                grad_clip=a.grad_clip, init=a.init, freeze_encoder=a.freeze_encoder,
+                                tone_share=a.tone_share, latent_noise=a.latent_noise)
     paths = []
     if a.clips > 0:  # --clips 0: train only (e.g. to compare settings before encoding)
         ae = load_autoencoder(os.path.join(a.out, "autoencoder.pt"))
