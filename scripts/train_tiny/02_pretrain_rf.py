@@ -23,6 +23,7 @@ def main(argv=None):
                    help="stop after this many seconds (the cosine schedule then ends at the time limit)")
     p.add_argument("--check-steps", type=int, default=25, help="Euler steps of the pitch check choosing EMA or raw")
     p.add_argument("--snapshot-every", type=int, default=0, help="save <out>/pretrain/snapshot.pt every N steps")
+    p.add_argument("--tone-weight", type=float, default=1.0, help="draw tone clips this many times as often")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
@@ -35,7 +36,8 @@ def main(argv=None):
     summary = pretrain_dit(os.path.join(a.out, "pretrain"), os.path.join(a.out, "autoencoder.pt"),
                            os.path.join(a.out, "latents"), steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
                            time_limit=a.time_limit, log_every=1 if a.quick else 50,
-                           check_steps=a.check_steps, snapshot_every=a.snapshot_every)
+                           check_steps=a.check_steps, snapshot_every=a.snapshot_every,
+                           tone_weight=a.tone_weight)
     print(json.dumps(summary))
     return 0
 
