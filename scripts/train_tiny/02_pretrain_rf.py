@@ -24,6 +24,7 @@ def main(argv=None):
     p.add_argument("--check-steps", type=int, default=25, help="Euler steps of the pitch check choosing EMA or raw")
     p.add_argument("--snapshot-every", type=int, default=0, help="save <out>/pretrain/snapshot.pt every N steps")
     p.add_argument("--tone-weight", type=float, default=1.0, help="draw tone clips this many times as often")
+    p.add_argument("--patch-size", type=int, default=None, help="override the DiT patch size of TINY_TRAINED")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
@@ -37,7 +38,7 @@ def main(argv=None):
                            os.path.join(a.out, "latents"), steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
                            time_limit=a.time_limit, log_every=1 if a.quick else 50,
                            check_steps=a.check_steps, snapshot_every=a.snapshot_every,
-                           tone_weight=a.tone_weight)
+                           tone_weight=a.tone_weight, patch_size=a.patch_size)
     print(json.dumps(summary))
     return 0
 
