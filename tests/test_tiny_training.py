@@ -56,6 +56,8 @@ def test_stage1_autoencoder_and_latents(run_dir):
     hop = tiny.TINY_TRAINED["model"]["pretransform"]["config"]["downsampling_ratio"]
     assert len(ds) == 8 and ds.frames == tiny.WINDOW // hop
     assert ds[0]["prompt"] and 1.0 <= ds[0]["seconds_total"] <= 1.5
+    rep = tiny.latent_power_report(os.path.join(run_dir, "latents"), frames=64)
+    assert rep and all(0.0 <= r["ac"] <= r["mean_square"] + 1e-9 and r["n"] >= 1 for r in rep.values())
 
 
 def test_stage2_pretrain_writes_a_loadable_base_model(run_dir):
