@@ -23,8 +23,8 @@ $PY scripts/train_tiny/01_autoencoder.py --out "$OUT" --init "$OUT/ae/autoencode
 $PY scripts/train_tiny/02_pretrain_rf.py --out "$OUT" --patch-size 8 --steps 9000 --batch 16 --lr 1e-3 \
     --tone-weight 3 --time-limit 2100 --snapshot-every 250 --threads 1 $QUICK
 # 3: ARC with and without the contrastive loss, in parallel (one core each).
-$PY scripts/train_tiny/03_arc.py --out "$OUT" --only arc ${ARC_ARGS:-} --threads 1 $QUICK & A=$!
-$PY scripts/train_tiny/03_arc.py --out "$OUT" --only arc_noc ${ARC_ARGS:-} --threads 1 $QUICK & B=$!
+$PY scripts/train_tiny/03_arc.py --out "$OUT" --only arc ${ARC_ARGS:---steps 400 --batch 16 --lr 2e-4} --threads 1 $QUICK & A=$!
+$PY scripts/train_tiny/03_arc.py --out "$OUT" --only arc_noc ${ARC_ARGS:---steps 400 --batch 16 --lr 2e-4} --threads 1 $QUICK & B=$!
 wait $A
 wait $B
 # 4: evaluation table and plot.
