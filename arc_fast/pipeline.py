@@ -435,10 +435,15 @@ class Pipeline:
         return any((keys.get(k, k) == "prompt") for k in self.conditioner.conditioners)
 
     def defaults(self) -> dict:
-        """Per-model sampler defaults: ARC models ping-pong/8 steps/CFG 1, base models Euler/100/CFG 7."""
-        if self.is_arc:
-            return {"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0}
-        return {"sampler": "euler", "steps": 100, "cfg_scale": 7.0}
+        """Per-model sampler defaults: ARC models ping-pong/8 steps/CFG 1, base models Euler/100/CFG 7; a config's
+        ``arc_fast.defaults`` (any of sampler / steps / cfg_scale) overrides them (what its trainer measured)."""
+        d = ({"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0} if self.is_arc else
+             {"sampler": "euler", "steps": 100, "cfg_scale": 7.0})
+        own = self.config.get("arc_fast", {}).get("defaults") or {}
+        bad = sorted(set(own) - set(d))
+        if bad:
+            raise ValueError(f"model config arc_fast.defaults: unknown keys {bad}; allowed: sampler, steps, cfg_scale")
+        return {**d, **own}
 
     def describe(self) -> str:
         d = self.defaults()

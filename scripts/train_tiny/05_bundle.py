@@ -32,13 +32,17 @@ def main(argv=None):
     p.add_argument("--results", required=True, help="folder with results.json of stage 4")
     p.add_argument("--dest", default=os.path.join(REPO, "arc_fast", "assets", "default"))
     p.add_argument("--commands", default="", help="the commands that produced the run (newline separated)")
+    p.add_argument("--model", choices=["arc", "base"], default="arc",
+                   help="which model to ship: the ARC export (default) or the rectified-flow base model")
+    p.add_argument("--defaults", default=None,
+                   help='sampler defaults written into the config, JSON, e.g. \'{"steps": 8, "cfg_scale": 4}\'')
     a = p.parse_args(argv)
     import numpy as np
     import torch
     from arc_fast.eval.metrics import cents, estimate_f0
     from arc_fast.pipeline import load_pipeline
 
-    src = os.path.join(a.out, "arc", "export")
+    src = os.path.join(a.out, "arc", "export") if a.model == "arc" else os.path.join(a.out, "pretrain", "model")
     os.makedirs(a.dest, exist_ok=True)
     for name in ("model_config.json", "model.safetensors"):
         shutil.copyfile(os.path.join(src, name), os.path.join(a.dest, name) + ".tmp")
@@ -47,6 +51,8 @@ def main(argv=None):
     cfg = json.load(open(cfg_path))
     cfg.setdefault("arc_fast", {})["note"] = ("tiny model trained on the CPU on procedural audio "
                                              "(scripts/train_tiny, docs/tiny_model.md)")
+    if a.defaults:
+        cfg["arc_fast"]["defaults"] = json.loads(a.defaults)
     with open(cfg_path, "w") as f:
         json.dump(cfg, f, indent=2)
 
@@ -60,7 +66,8 @@ def main(argv=None):
     results = _read(os.path.join(a.results, "results.json")) or {}
     rows = [{k: v for k, v in r.items() if k != "per_prompt"} for r in results.get("rows", [])]
     manifest = {
-        "model": "arc-fast tiny (ARC post-trained), procedural-audio toy model",
+        "model": ("arc-fast tiny (ARC post-trained), procedural-audio toy model" if a.model == "arc" else
+                  "arc-fast tiny (rectified-flow base model, not ARC post-trained), procedural-audio toy model"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
         "commands": [c for c in a.commands.splitlines() if c.strip()],
