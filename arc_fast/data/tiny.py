@@ -98,6 +98,18 @@ def _crop_batch(pool: np.ndarray, seconds: np.ndarray, rng: np.random.Generator,
     return torch.from_numpy(out)
 
 
+def _budget_cosine(opt, steps: int, time_limit: float | None, t0: float, warm: int, floor: float):
+    """Linear warm-up over ``warm`` steps, then a cosine from 1 to ``floor`` over whichever budget runs out first
+    (``steps``, or ``time_limit`` seconds from ``t0``): a run stopped by its time limit still ends at a low
+    learning rate instead of mid-schedule."""
+    def factor(n: int) -> float:
+        prog = min(n, steps) / steps
+        if time_limit:
+            prog = max(prog, min(1.0, (time.time() - t0) / time_limit))
+        return min(1.0, (n + 1) / warm) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def make_pool(n: int, seed: int, split: str = "train", window: int = WINDOW, tone_share: float = 0.0):
     """n clips as (audio (n, 2, window) float32, seconds (n,), captions, params).
 
@@ -144,14 +156,7 @@ def train_autoencoder(out_dir: str, steps: int = 600, batch: int = 8, crop: int 
     opt = torch.optim.AdamW([p for p in ae.parameters() if p.requires_grad], lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
     t0 = time.time()
 
-    def lr_factor(n: int) -> float:
-        # Cosine over whichever budget (steps or time_limit) runs out first.
-        prog = min(n, steps) / steps
-        if time_limit:
-            prog = max(prog, min(1.0, (time.time() - t0) / time_limit))
-        return min(1.0, (n + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = _budget_cosine(opt, steps, time_limit, t0, warm=50, floor=0.1)
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, list] = {}
     done = 0
@@ -295,15 +300,7 @@ def pretrain_dit(out_dir: str, autoencoder_path: str, latents_dir: str, steps: i
     warm = max(1, min(200, steps // 10))
     t0 = time.time()
 
-    def lr_factor(n: int) -> float:
-        # Cosine over whichever budget runs out first (steps or time_limit), so a run stopped by its time
-        # limit still ends at a low learning rate instead of mid-schedule.
-        prog = min(n, steps) / steps
-        if time_limit:
-            prog = max(prog, min(1.0, (time.time() - t0) / time_limit))
-        return min(1.0, (n + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = _budget_cosine(opt, steps, time_limit, t0, warm=warm, floor=0.05)
     gen = torch.Generator().manual_seed(seed)
     dit.train()
     cond.train()
