@@ -398,9 +398,14 @@ def run_cuda(ctx: Context) -> list:
             ctx.log(f"[e2e] B{B} {name}")
             try:
                 with torch.inference_mode():
+                    t_first = time.perf_counter()
                     e1 = check_close(f"e2e/{name} dit_step", dit(x.to(dtype), t.to(dtype), **cond_l), want_step,
                                      low_step, dtype)
                     e2 = check_close(f"e2e/{name} decoder", dec(z.to(dtype)), want_dec, low_dec, dtype)
+                    # The first calls hold every Triton compile of this shape: on a fresh GPU machine that is the
+                    # cost a loan's budget has to cover, so say it.
+                    ctx.log(f"[e2e] B{B} {name}: first DiT step + decode (compiles included) "
+                            f"{time.perf_counter() - t_first:.1f} s")
                     ts_ = ctx.time(lambda: dit(x.to(dtype), t.to(dtype), **cond_l))
                     td = ctx.time(lambda: dec(z.to(dtype)), long=True)
                     run = lambda: _generate(dit, dec, cond_module, cfg, B, frames, dev, dtype)  # noqa: E731
