@@ -227,6 +227,10 @@ class _StepGuard:
         self.flags: list = []
         self.times: list = []
 
+    def reuse_conditioning(self):
+        """The wrapped model's scope (``sampling.reuse_conditioning``): the samplers open it through the guard."""
+        return sampling.reuse_conditioning(self.model)
+
     def __call__(self, x, t, **kwargs):
         v = self.model(x, t, **kwargs)
         self.flags.append(torch.isfinite(v).all())
@@ -271,32 +275,33 @@ def _sample_loop(model, x: torch.Tensor, ts: torch.Tensor, sampler: str, objecti
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, total=steps, desc=sampler, leave=False)
-    for i in it:
-        t0 = time.perf_counter()
-        t_cur, t_next = ts[i], ts[i + 1]
-        v = model(x, t_cur.expand(b).to(x.dtype), cfg_scale=cfg_scale, **cond)
-        if objective == "v":
-            a, s = torch.cos(t_cur * math.pi / 2), torch.sin(t_cur * math.pi / 2)
-            a_n = torch.cos(t_next * math.pi / 2) if i < steps - 1 else torch.ones_like(t_next)
-            s_n = torch.sin(t_next * math.pi / 2) if i < steps - 1 else torch.zeros_like(t_next)
-            xf, vf = x.float(), v.float()
-            x0 = a * xf - s * vf
-            if sampler == "euler":
-                eps = s * xf + a * vf
+    with sampling.reuse_conditioning(model):
+        for i in it:
+            t0 = time.perf_counter()
+            t_cur, t_next = ts[i], ts[i + 1]
+            v = model(x, t_cur.expand(b).to(x.dtype), cfg_scale=cfg_scale, **cond)
+            if objective == "v":
+                a, s = torch.cos(t_cur * math.pi / 2), torch.sin(t_cur * math.pi / 2)
+                a_n = torch.cos(t_next * math.pi / 2) if i < steps - 1 else torch.ones_like(t_next)
+                s_n = torch.sin(t_next * math.pi / 2) if i < steps - 1 else torch.zeros_like(t_next)
+                xf, vf = x.float(), v.float()
+                x0 = a * xf - s * vf
+                if sampler == "euler":
+                    eps = s * xf + a * vf
+                else:
+                    eps = sampling.randn(x.shape, generator, x.device, torch.float32)
+                x = (a_n * x0 + s_n * eps).to(x.dtype)
+            elif sampler == "euler":
+                x = x + (t_next - t_cur).to(x.dtype) * v
             else:
-                eps = sampling.randn(x.shape, generator, x.device, torch.float32)
-            x = (a_n * x0 + s_n * eps).to(x.dtype)
-        elif sampler == "euler":
-            x = x + (t_next - t_cur).to(x.dtype) * v
-        else:
-            x0_hat = x - t_cur.to(x.dtype) * v
-            if i == steps - 1:
-                x = x0_hat
-            else:
-                eps = sampling.randn(x.shape, generator, x.device, x.dtype)
-                x = (1 - t_next).to(x.dtype) * x0_hat + t_next.to(x.dtype) * eps
-        if step_times is not None:
-            step_times.append(time.perf_counter() - t0)
+                x0_hat = x - t_cur.to(x.dtype) * v
+                if i == steps - 1:
+                    x = x0_hat
+                else:
+                    eps = sampling.randn(x.shape, generator, x.device, x.dtype)
+                    x = (1 - t_next).to(x.dtype) * x0_hat + t_next.to(x.dtype) * eps
+            if step_times is not None:
+                step_times.append(time.perf_counter() - t0)
     return x
 
 
@@ -328,14 +333,17 @@ class _GraphRunner:
         def loop():
             x = self.x
             flags = []
-            for i in range(steps):
-                v = dit(x, tvec[i], cfg_scale=cfg_scale, **self.cond)
-                flags.append(torch.isfinite(v).all())
-                if sampler == "euler":
-                    x = x + dts[i] * v
-                else:
-                    x0_hat = x - t_cur[i] * v
-                    x = x0_hat if i == steps - 1 else keep[i] * x0_hat + t_next[i] * self.eps[i]
+            # A scope per run: the captured graph computes the text context from the static buffers in its
+            # first step, so a replay on new conditioning never sees the capture's.
+            with sampling.reuse_conditioning(dit):
+                for i in range(steps):
+                    v = dit(x, tvec[i], cfg_scale=cfg_scale, **self.cond)
+                    flags.append(torch.isfinite(v).all())
+                    if sampler == "euler":
+                        x = x + dts[i] * v
+                    else:
+                        x0_hat = x - t_cur[i] * v
+                        x = x0_hat if i == steps - 1 else keep[i] * x0_hat + t_next[i] * self.eps[i]
             return x, torch.stack(flags)
 
         self.capture = x.device.type == "cuda"

@@ -8,6 +8,7 @@ seeded ``torch.Generator`` and moved to the target device, so a seed gives the s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import typing as tp
@@ -53,6 +54,13 @@ def randn(shape, generator: torch.Generator, device, dtype=torch.float32) -> tor
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
+def reuse_conditioning(model) -> tp.ContextManager:
+    """``model.reuse_conditioning()`` where the model offers it (``FastDiT``: the text context and its
+    cross-attention keys/values are computed once for all steps), else a scope that does nothing."""
+    scope = getattr(model, "reuse_conditioning", None)
+    return scope() if callable(scope) else contextlib.nullcontext()
+
+
 def _progress(iterable, total: int, enabled: bool, desc: str):
     if not enabled:
         return iterable
@@ -71,13 +79,14 @@ def sample_euler(model: ModelFn, noise: torch.Tensor, steps: int = 100, cfg_scal
     ts = rf_timesteps(steps, sigma_max, device=noise.device)
     x = noise if init_data is None else (1 - sigma_max) * init_data + sigma_max * noise
     b = x.shape[0]
-    for i in _progress(range(steps), steps, progress, "euler"):
-        t0 = time.perf_counter()
-        t_cur, t_next = ts[i], ts[i + 1]
-        v = model(x, t_cur.expand(b).to(x.dtype), cfg_scale=cfg_scale, **cond)
-        x = x + (t_next - t_cur).to(x.dtype) * v
-        if step_times is not None:
-            step_times.append(time.perf_counter() - t0)
+    with reuse_conditioning(model):
+        for i in _progress(range(steps), steps, progress, "euler"):
+            t0 = time.perf_counter()
+            t_cur, t_next = ts[i], ts[i + 1]
+            v = model(x, t_cur.expand(b).to(x.dtype), cfg_scale=cfg_scale, **cond)
+            x = x + (t_next - t_cur).to(x.dtype) * v
+            if step_times is not None:
+                step_times.append(time.perf_counter() - t0)
     return x
 
 
@@ -95,18 +104,19 @@ def sample_pingpong(model: ModelFn, noise: torch.Tensor, steps: int = 8, cfg_sca
     ts = rf_timesteps(steps, sigma_max, device=noise.device)
     x = noise if init_data is None else (1 - sigma_max) * init_data + sigma_max * noise
     b = x.shape[0]
-    for i in _progress(range(steps), steps, progress, "ping-pong"):
-        t0 = time.perf_counter()
-        t_cur, t_next = ts[i], ts[i + 1]
-        v = model(x, t_cur.expand(b).to(x.dtype), cfg_scale=cfg_scale, **cond)
-        x0_hat = x - t_cur.to(x.dtype) * v
-        if i == steps - 1:
-            x = x0_hat
-        else:
-            eps = randn(x.shape, generator, x.device, x.dtype)
-            x = (1 - t_next).to(x.dtype) * x0_hat + t_next.to(x.dtype) * eps
-        if step_times is not None:
-            step_times.append(time.perf_counter() - t0)
+    with reuse_conditioning(model):
+        for i in _progress(range(steps), steps, progress, "ping-pong"):
+            t0 = time.perf_counter()
+            t_cur, t_next = ts[i], ts[i + 1]
+            v = model(x, t_cur.expand(b).to(x.dtype), cfg_scale=cfg_scale, **cond)
+            x0_hat = x - t_cur.to(x.dtype) * v
+            if i == steps - 1:
+                x = x0_hat
+            else:
+                eps = randn(x.shape, generator, x.device, x.dtype)
+                x = (1 - t_next).to(x.dtype) * x0_hat + t_next.to(x.dtype) * eps
+            if step_times is not None:
+                step_times.append(time.perf_counter() - t0)
     return x
 
 

@@ -111,3 +111,79 @@ def test_compile_fullgraph_matches(backend):
         expect = fast(inp["x"], inp["t"], **kw)
         compiled = torch.compile(fast, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(inp["x"], inp["t"], **kw), expect, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ reuse_conditioning (the samplers' scope)
+def _count_embeds(dit):
+    calls = []
+    handle = dit.to_cond_embed.register_forward_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+@pytest.mark.parametrize("sampler,cfg", [("pingpong", 1.0), ("euler", 3.0)])
+@pytest.mark.parametrize("extra", [CASES[0], CASES[2]])
+def test_sampler_reuses_the_text_context_bitwise(extra, sampler, cfg):
+    """Inside the samplers' scope the context embedding runs once for all steps and every block reuses its
+    cross-attention keys/values; the latents are bitwise those of a run that recomputes them every step."""
+    from arc_fast import sampling
+
+    _, fast = _pair(extra)
+    inp = _inputs()
+    cond = dict(cross_attn_cond=inp["cross_attn_cond"], cross_attn_cond_mask=inp["cross_attn_cond_mask"],
+                global_embed=inp["global_embed"])
+    fn = sampling.SAMPLERS[sampler]
+    kw = dict(steps=4, cfg_scale=cfg, **cond)
+
+    def run(model):
+        if sampler == "pingpong":
+            kw["generator"] = sampling.make_generator(5)
+        with use_backend("eager"), torch.inference_mode():
+            return fn(model, inp["x"], **kw)
+
+    calls, handle = _count_embeds(fast)
+    plain = run(lambda x, t, **k: fast(x, t, **k))      # a lambda has no scope: recomputed every step
+    assert len(calls) == 4
+    calls.clear()
+    memos = []
+    real_forward = fast.forward
+
+    def spy(*a, **k):
+        memos.append(fast._context_memos)
+        return real_forward(*a, **k)
+
+    fast.forward = spy
+    reused = run(fast)
+    del fast.forward
+    handle.remove()
+    assert len(calls) == 1, f"the context was embedded {len(calls)} times in 4 steps"
+    memo = next(iter(memos[-1].values()))
+    assert len(memo.kv) == SMALL["depth"]           # every block's keys/values came from the memo
+    assert fast._context_memos is None              # the scope closed
+    assert torch.equal(reused, plain)
+
+
+def test_reuse_conditioning_keys_on_the_conditioning_tensors():
+    """A different conditioning tensor, a guided call and a call with gradients each compute their own context:
+    the results inside the scope equal those outside it."""
+    _, fast = _pair({})
+    inp = _inputs()
+    other = inp["cross_attn_cond"] + 1.0
+    kw = dict(global_embed=inp["global_embed"])
+    with use_backend("eager"), torch.no_grad():
+        want_a = fast(inp["x"], inp["t"], cross_attn_cond=inp["cross_attn_cond"], **kw)
+        want_b = fast(inp["x"], inp["t"], cross_attn_cond=other, **kw)
+        want_cfg = fast(inp["x"], inp["t"], cross_attn_cond=other, cfg_scale=2.5, **kw)
+        with fast.reuse_conditioning():
+            with fast.reuse_conditioning():          # nested: shares the outer memo
+                a = fast(inp["x"], inp["t"], cross_attn_cond=inp["cross_attn_cond"], **kw)
+            b = fast(inp["x"], inp["t"], cross_attn_cond=other, **kw)
+            cfg = fast(inp["x"], inp["t"], cross_attn_cond=other, cfg_scale=2.5, **kw)
+            a2 = fast(inp["x"], inp["t"], cross_attn_cond=inp["cross_attn_cond"], **kw)
+            assert len(fast._context_memos) == 3     # a, b, and b's guided (cond + uncond) batch
+            with torch.enable_grad():                # training-style call: never memoized
+                x = inp["x"].clone().requires_grad_(True)
+                fast(x, inp["t"], cross_attn_cond=inp["cross_attn_cond"], **kw).sum().backward()
+                assert x.grad is not None and len(fast._context_memos) == 3
+    for got, want in ((a, want_a), (b, want_b), (cfg, want_cfg), (a2, want_a)):
+        assert torch.equal(got, want)
+    assert not any(blk.cross_kv for blk in fast.transformer.layers)

@@ -355,6 +355,10 @@ class DiffusionTransformer(nn.Module):
         self.postprocess_conv = nn.Conv1d(io_channels, io_channels, 1, bias=False)
         nn.init.zeros_(self.postprocess_conv.weight)
 
+    # Split out so that FastDiT can reuse the embedded text context across sampler steps.
+    def _embed_context(self, cross_attn_cond: torch.Tensor) -> torch.Tensor:
+        return self.to_cond_embed(cross_attn_cond)
+
     # The transformer trunk is split out so FastDiT can swap it while sharing the conditioning code.
     def _run_transformer(self, x, prepend_inputs, context, context_mask, global_cond, exit_layer_ix):
         return self.transformer(x, prepend_embeds=prepend_inputs, context=context, context_mask=context_mask,
@@ -365,7 +369,7 @@ class DiffusionTransformer(nn.Module):
                  global_embed=None, prepend_cond=None, prepend_cond_mask=None, return_info=False,
                  exit_layer_ix=None, **kwargs):
         if cross_attn_cond is not None:
-            cross_attn_cond = self.to_cond_embed(cross_attn_cond)
+            cross_attn_cond = self._embed_context(cross_attn_cond)
         if global_embed is not None:
             global_embed = self.to_global_embed(global_embed)
         prepend_inputs = None
