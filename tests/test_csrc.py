@@ -8,7 +8,9 @@ Without a GPU:
   one std::thread per CUDA thread, a barrier for __syncthreads) vs the eager reference;
 * the NVRTC compile of the CuPy runtime path, when a libnvrtc is found (ARC_FAST_NVRTC_LIB, CUDA_HOME or the
   nvidia-cuda-nvrtc wheel);
-* arc_fast._cuda imports on the CPU and says why it is unavailable.
+* arc_fast._cuda imports on the CPU and says why it is unavailable;
+* the torch ops' argument checks (csrc/checks.h, shared with csrc/bindings.cpp) built into a CPU torch extension
+  (csrc/tests/checks_cpu.cpp): every rejected argument raises a RuntimeError naming it.
 The nvcc/CMake compile for sm_80 and sm_90a is scripts/compile_csrc.sh (CI runs it; too slow for pytest).
 With a GPU (pytest -m gpu): both ops through arc_fast._C and through CuPy vs eager, fp32/fp16/bf16.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import importlib.util
 import math
 import os
 import re
@@ -420,6 +423,83 @@ def test_cupy_runtime_packs_arguments_as_the_kernels_declare(monkeypatch):
     _, ci, plan_smem = _cuda.plan_launch("convT", 24, 8, 4)
     assert [int(a) for a in args[6:]] == [24, 70, 33, 132, 8, 4, ci, 0]
     assert grid == (2, 2, 1) and smem == plan_smem
+
+
+# ------------------------------------------------------------- the torch ops' argument checks, CPU
+@pytest.fixture(scope="module")
+def checks_ext(tmp_path_factory):
+    """csrc/checks.h (the checks of arc_fast_C's ops) built into a CPU torch extension: torch.ops.arc_fast_checks."""
+    if shutil.which("g++") is None or shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
+        pytest.skip("needs g++ and ninja to build a torch extension")
+    from torch.utils.cpp_extension import load
+
+    load(name="arc_fast_checks_cpu", sources=[str(CSRC / "tests" / "checks_cpu.cpp")], extra_include_paths=[str(CSRC)],
+         build_directory=str(tmp_path_factory.mktemp("checks_ext")), is_python_module=False, verbose=False)
+    return torch.ops.arc_fast_checks
+
+
+def _conv_args(op, **over):
+    """Valid arguments of snake_conv1d (op="conv1d") or snake_conv_transpose1d, with ``over`` replacing some."""
+    x = torch.randn(2, 4, 16)
+    if op == "conv1d":
+        args = dict(x=x, alpha=torch.zeros(4), beta=torch.zeros(4), weight=torch.randn(3, 4, 7), bias=torch.zeros(3),
+                    dilation=3, residual=torch.zeros(2, 3, 16), apply_snake=True)
+    else:
+        args = dict(x=x, alpha=torch.zeros(4), beta=torch.zeros(4), weight=torch.randn(4, 3, 8), bias=torch.zeros(3),
+                    stride=4, apply_snake=True)
+    args.update(over)
+    return list(args.values())
+
+
+def test_checks_accept_valid_arguments_and_give_the_output_shape(checks_ext):
+    assert checks_ext.snake_conv1d(*_conv_args("conv1d")).shape == (2, 3, 16)
+    assert checks_ext.snake_conv1d(*_conv_args("conv1d", alpha=None, beta=None, bias=None, residual=None,
+                                               apply_snake=False)).shape == (2, 3, 16)
+    x, w = torch.randn(2, 4, 16), torch.randn(4, 3, 8)
+    for stride, k in ((4, 8), (2, 4), (3, 6), (5, 3)):
+        w = torch.randn(4, 3, k)
+        want = F.conv_transpose1d(x, w, stride=stride, padding=(stride + 1) // 2).shape
+        got = checks_ext.snake_conv_transpose1d(*_conv_args("convT", weight=w, stride=stride))
+        assert got.shape == want and got.dtype == x.dtype
+
+
+BAD_CONV1D = [
+    ("x 2-D", dict(x=torch.randn(4, 16)), "x must have shape"),
+    ("x int", dict(x=torch.ones(2, 4, 16, dtype=torch.int32)), "x must be float32, float16 or bfloat16"),
+    ("x strided", dict(x=torch.randn(2, 16, 4).transpose(1, 2)), "x must be contiguous"),
+    ("weight dtype", dict(weight=torch.randn(3, 4, 7).half()), "weight must have dtype Float"),
+    ("weight Cin", dict(weight=torch.randn(3, 5, 7)), r"weight must have shape \[3, 4, 7\], got \[3, 5, 7\]"),
+    ("weight 2-D", dict(weight=torch.randn(3, 4)), r"weight must have shape \(Cout, 4, K\)"),
+    ("weight even K", dict(weight=torch.randn(3, 4, 6)), "kernel size must be odd"),
+    ("alpha shape", dict(alpha=torch.zeros(5)), r"alpha must have shape \[4\], got \[5\]"),
+    ("alpha missing", dict(alpha=None), "alpha is required"),
+    ("beta dtype", dict(beta=torch.zeros(4, dtype=torch.float64)), "beta must have dtype Float"),
+    ("beta strided", dict(beta=torch.zeros(8)[::2]), "beta must be contiguous"),
+    ("bias shape", dict(bias=torch.zeros(4)), r"bias must have shape \[3\]"),
+    ("residual shape", dict(residual=torch.zeros(2, 3, 15)), r"residual must have shape \[2, 3, 16\]"),
+    ("residual strided", dict(residual=torch.zeros(2, 16, 3).transpose(1, 2)), "residual must be contiguous"),
+    ("dilation 0", dict(dilation=0), "dilation must be a positive int"),
+]
+BAD_CONVT = [
+    ("weight Cin", dict(weight=torch.randn(5, 3, 8)), r"weight must have shape \[4, 3, 8\], got \[5, 3, 8\]"),
+    ("stride 0", dict(stride=0), "stride must be a positive int"),
+    ("empty output", dict(x=torch.randn(2, 4, 1), weight=torch.randn(4, 3, 1), stride=8), "gives an empty output"),
+    ("no time steps", dict(x=torch.randn(2, 4, 0)), "at least one time step"),
+    ("alpha shape", dict(alpha=torch.zeros(3)), r"alpha must have shape \[4\], got \[3\]"),
+    ("bias dtype", dict(bias=torch.zeros(3, dtype=torch.bfloat16)), "bias must have dtype Float"),
+]
+
+
+@pytest.mark.parametrize("op,over,match", [("conv1d", o, m) for _, o, m in BAD_CONV1D]
+                         + [("convT", o, m) for _, o, m in BAD_CONVT],
+                         ids=[f"conv1d-{n}" for n, _, _ in BAD_CONV1D] + [f"convT-{n}" for n, _, _ in BAD_CONVT])
+def test_checks_reject_bad_arguments_by_name(checks_ext, op, over, match):
+    """Each bad argument raises a RuntimeError that names it, repeatedly (the extension segfaulted on its second
+    rejected call on an H100, 2026-11-27: the same checks, exercised here twice per case)."""
+    fn = checks_ext.snake_conv1d if op == "conv1d" else checks_ext.snake_conv_transpose1d
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=match):
+            fn(*_conv_args(op, **over))
 
 
 # --------------------------------------------------------------------------------------- GPU
