@@ -12,6 +12,7 @@ from arc_fast.configs import get_config
 from arc_fast.pipeline import (CheckpointError, GenerationError, NonFiniteError, build_pipeline, convert_model,
                                load_pipeline, read_checkpoint, remix, resample, rf_schedule)
 from arc_fast import sampling
+from arc_fast.ops import use_backend
 from test_loader import micro_config, random_pipeline, randomize_, same_weights, save_model
 
 SR = 8000
@@ -380,6 +381,41 @@ def test_graph_loop_matches_the_eager_sampler_bitwise(micro, sampler, cfg):
                         short_window=True)
         assert torch.equal(audio2[..., : ref2.shape[-1]], ref2)
     micro.clear_cuda_graphs()
+
+
+@pytest.mark.filterwarnings("ignore:this is an ARC post-trained model")
+@pytest.mark.parametrize("sampler,cfg", [("pingpong", 1.0), ("euler", 2.5)])
+def test_fast_dit_embeds_the_text_once_per_generation(micro, sampler, cfg, monkeypatch):
+    """With FastDiT, __call__ and the graph loop compute the text context (and its cross-attention K/V) once per
+    generation, not once per step; the audio is bitwise that of a run that recomputes them at every step."""
+    import contextlib
+
+    from arc_fast.models.dit import FastDiT
+
+    ref_dit = micro.dit
+    micro.dit = FastDiT.from_module(ref_dit).eval()
+    calls = []
+    hook = micro.dit.to_cond_embed.register_forward_hook(lambda *a: calls.append(1))
+    kw = dict(seconds=0.1, steps=4, seed=3, sampler=sampler, cfg_scale=cfg, short_window=True)
+    try:
+        with use_backend("eager"):
+            once, _ = micro("a", **kw)
+            assert len(calls) == 1
+            calls.clear()
+            with torch.inference_mode():
+                gen, cond, noise = _graph_inputs(micro, "a", 0.1, 4, 3)
+                _, graph_audio, _, _ = micro._graph_sample(noise, None, 1.0, 4, sampler, cfg, gen, cond, True)
+            assert len(calls) == 1
+            calls.clear()
+            monkeypatch.setattr(FastDiT, "reuse_conditioning", lambda self: contextlib.nullcontext())
+            every_step, _ = micro("a", **kw)
+            assert len(calls) == 4
+        assert torch.equal(once, every_step)
+        assert torch.equal(graph_audio[..., : once.shape[-1]], once)
+    finally:
+        hook.remove()
+        micro.dit = ref_dit
+        micro.clear_cuda_graphs()
 
 
 def test_graph_cache_keeps_four_shapes_and_reports_a_planted_nan(micro):
