@@ -309,10 +309,11 @@ def _graph_runner(dit, dec, cond: dict, noise: torch.Tensor, gen_seed: int):
 
     def body():
         x = static_x
-        for i in range(STEPS):
-            v = dit(x, tvec[i], cfg_scale=1.0, **cond)
-            x0 = x - c_t[i] * v
-            x = x0 if i == STEPS - 1 else c_a[i] * x0 + c_b[i] * eps[i]
+        with sampling.reuse_conditioning(dit):   # as the pipeline's loop: the text context once per run
+            for i in range(STEPS):
+                v = dit(x, tvec[i], cfg_scale=1.0, **cond)
+                x0 = x - c_t[i] * v
+                x = x0 if i == STEPS - 1 else c_a[i] * x0 + c_b[i] * eps[i]
         return dec(x)
 
     s = torch.cuda.Stream()
