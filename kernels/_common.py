@@ -9,10 +9,12 @@ several of them.
   interpreter so that CPU tests see GPU numerics; on the GPU the flag is False and the code vanishes.
 * ``device_reasons``, ``raise_if``: the device part of ``not_supported_reasons`` and the
   reasons -> TypeError/ValueError rule of the launchers.
-* ``launch``: one fixed small config under the interpreter, the autotuned kernel on the GPU.
+* ``launch``: one fixed small config under the interpreter, the autotuned kernel on the GPU;
+  ``gpu_configs_under_interpreter`` makes the interpreter run a chosen GPU config instead (tests).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -99,6 +101,32 @@ def autotune_enabled() -> bool:
     return os.environ.get("ARC_FAST_AUTOTUNE", "1") != "0"
 
 
+_interp_gpu_config: int | None = None
+
+
+def interpreter_gpu_config() -> int | None:
+    """The GPU config index ``gpu_configs_under_interpreter`` set, else None (the small interpreter blocks)."""
+    return _interp_gpu_config
+
+
+@contextlib.contextmanager
+def gpu_configs_under_interpreter(index: int):
+    """Tests: under ``TRITON_INTERPRET=1``, run every kernel with the block sizes of its GPU autotune config
+    ``index`` (modulo the length of each kernel's list) instead of the small interpreter blocks, so that each
+    config the GPU autotuner may pick is checked on the CPU (tile-size-dependent index and mask arithmetic)."""
+    global _interp_gpu_config
+    prev, _interp_gpu_config = _interp_gpu_config, int(index)
+    try:
+        yield
+    finally:
+        _interp_gpu_config = prev
+
+
+def pick_config(configs: list, index: int):
+    """``configs[index % len(configs)]``: one autotune config by index, whatever the list's length."""
+    return configs[index % len(configs)]
+
+
 def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 1,
            device: torch.device | None = None, **meta) -> None:
     """Launch ``kernel(*args, **meta)`` with its block sizes chosen by the environment.
@@ -113,6 +141,8 @@ def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 
     grid: a function of the meta-parameters (a dict holding the block sizes) returning the grid tuple.
     """
     if interpreter_active():
+        if _interp_gpu_config is not None:
+            fixed = pick_config(tuned.configs, _interp_gpu_config).kwargs
         kernel[grid(fixed)](*args, **fixed, **meta, num_warps=fixed_warps)
         return
     if not autotune_enabled():

@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpreter_active
+from ._common import autotune_enabled, interpreter_active, interpreter_gpu_config, pick_config
 
 __all__ = [
     "attention",
@@ -540,7 +540,7 @@ else:
 def _row_block(D: int) -> int:
     """Rows per program of the row-wise kernels: ~2048 elements per tile keeps the (rows, D) fp32 tiles of the
     prologue in registers with 4 warps (64 rows x 128 spilled ~2 KB per thread on sm_90)."""
-    if interpreter_active():
+    if interpreter_active() and interpreter_gpu_config() is None:
         return _INTERP_BLOCK
     return max(16, 2048 // D)
 
@@ -565,6 +565,9 @@ def _block_kwargs(fwd: bool) -> dict:
     """Launch meta-parameters: the autotuner supplies them on GPU; ``ARC_FAST_AUTOTUNE=0`` pins the first config
     of the list (no first-call tuning, e.g. for quick GPU test runs); the interpreter uses 16 x 16 blocks."""
     if interpreter_active():
+        forced = interpreter_gpu_config()
+        if forced is not None:
+            return dict(pick_config(_gpu_configs(fwd), forced).kwargs)
         return {"BLOCK_M": _INTERP_BLOCK, "BLOCK_N": _INTERP_BLOCK}
     if _autotune_enabled():
         return {}
