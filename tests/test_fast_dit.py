@@ -111,6 +111,9 @@ def test_compile_fullgraph_matches(backend):
         expect = fast(inp["x"], inp["t"], **kw)
         compiled = torch.compile(fast, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(inp["x"], inp["t"], **kw), expect, rtol=1e-6, atol=1e-6)
+        with fast.reuse_conditioning():      # a traced call never memoizes (no graph break either)
+            torch.testing.assert_close(compiled(inp["x"], inp["t"], **kw), expect, rtol=1e-6, atol=1e-6)
+            assert fast._context_memos == {}
 
 
 # ------------------------------------------------------------------ reuse_conditioning (the samplers' scope)
@@ -187,3 +190,23 @@ def test_reuse_conditioning_keys_on_the_conditioning_tensors():
     for got, want in ((a, want_a), (b, want_b), (cfg, want_cfg), (a2, want_a)):
         assert torch.equal(got, want)
     assert not any(blk.cross_kv for blk in fast.transformer.layers)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_sampler_reuses_the_text_context_bitwise(dtype):
+    """On the GPU kernels (Triton attention reading the memoized K/V views): the same latents, bit for bit."""
+    from arc_fast import sampling
+
+    _, fast = _pair({"use_cross_attn_mask": True})
+    fast = fast.cuda().to(dtype)
+    inp = {k: v.cuda() for k, v in _inputs(b=2, t=40, s=9).items()}
+    cond = dict(cross_attn_cond=inp["cross_attn_cond"].to(dtype), cross_attn_cond_mask=inp["cross_attn_cond_mask"],
+                global_embed=inp["global_embed"].to(dtype))
+    x = inp["x"].to(dtype)
+    with torch.inference_mode():
+        plain = sampling.sample_pingpong(lambda a, b, **k: fast(a, b, **k), x, steps=4,
+                                         generator=sampling.make_generator(1), **cond)
+        reused = sampling.sample_pingpong(fast, x, steps=4, generator=sampling.make_generator(1), **cond)
+    assert torch.equal(reused, plain)
