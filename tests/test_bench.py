@@ -359,6 +359,30 @@ def test_e2e_cuda_path_dry_run_on_cpu(monkeypatch):
     assert by[("conditioner", "hash_text")].status == "ok"
 
 
+def test_e2e_cuda_row_failing_its_check_is_still_timed(monkeypatch):
+    """A provider that fails the accuracy check gets a 'failed' row that still carries its times (a GPU loan is
+    too short to rerun), marked as not a result; the other providers are unaffected."""
+    from bench import e2e
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.set_num_threads(1)
+    real = e2e.check_close
+
+    def strict(name, *args, **kw):
+        if name == "e2e/arc_fast dit_step":
+            raise common.CheckError("planted")
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(e2e, "check_close", strict)
+    ctx = common.Context(device="cpu", quick=True, dtypes=(torch.bfloat16,), log=lambda m: None)
+    rows = e2e.run_cuda(ctx)
+    mine = [r for r in rows if r.provider == "arc_fast"]
+    assert [(r.op, r.status) for r in mine] == [("total (text -> audio)", "failed")]
+    assert "check failed: planted; timed anyway, not a result: DiT step" in mine[0].notes
+    assert mine[0].median_ms is None
+    ref = {r.op: r.status for r in rows if r.provider == "reference"}
+    assert ref == {"dit_step": "ok", "decoder": "ok", "total (text -> audio)": "ok"}
+
+
 def test_render_existing_result(tmp_path, capsys):
     rows = [common.Row("e2e", "total (text -> audio)", "B1 x", "fp32", p, "fwd", median_ms=ms, min_ms=ms, ours=o)
             for p, ms, o in (("stable-audio-tools", 12.0, False), ("arc_fast", 10.0, True))]
