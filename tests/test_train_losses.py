@@ -116,13 +116,16 @@ def test_logit_normal_and_truncated_distributions():
     assert abs(t.median().item() - 0.5) < 0.02  # sigmoid(N(0, 1)) is symmetric around 1/2
     z = torch.logit(t.double())
     assert abs(z.std().item() - 1.0) < 0.03
-    # Truncated: the logit-normal conditioned on t >= lo, rescaled (t - lo) / (1 - lo).
+    # Truncated: 1 - (the logit-normal conditioned on r >= lo, rescaled (r - lo) / (1 - lo)), as Stable Audio's
+    # trunc_logit_normal: the flip leans the draws to high noise.
     lo = 0.2
     tt = L.NoiseLevelSampler("truncated_logit_normal", seed=0, lo=lo).sample(20000)
-    raw = tt.double() * (1 - lo) + lo
+    raw = (1 - tt.double()) * (1 - lo) + lo
     ref = t.double()[t.double() >= lo]
     assert abs(raw.median().item() - ref.median().item()) < 0.02
     assert raw.min().item() >= lo - 1e-6
+    default = L.sample_truncated_logit_normal(20000, torch.Generator().manual_seed(1))
+    assert 0.52 < default.mean().item() < 0.56 and default.max().item() <= 1.0
 
 
 def test_noise_sampler_state_round_trip_is_exact():

@@ -117,10 +117,12 @@ def sample_logit_normal(n: int, generator: torch.Generator | None = None, mean: 
 
 def sample_truncated_logit_normal(n: int, generator: torch.Generator | None = None, lo: float = 0.075,
                                   hi: float = 1.0) -> torch.Tensor:
-    """Logit-normal truncated to [lo, hi] and rescaled to [0, 1] (Stable Audio's ``truncated_logistic_normal``).
+    """1 - (logit-normal truncated to [lo, hi], rescaled to [0, 1]): Stable Audio's ``trunc_logit_normal`` noise
+    level, ``1 - truncated_logistic_normal_rescaled``. The flip puts the truncated (lightly noised) end at t = 1,
+    so the draws lean to high noise (mean ~0.54 for the defaults, never above 1).
 
     Inverse-CDF form: u = Phi(z), z ~ N(0, 1); u' = Phi(logit lo) + (Phi(logit hi) - Phi(logit lo)) u;
-    t = (sigmoid(Phi^-1(u')) - lo) / (hi - lo). hi = 1 keeps the right tail up to t = 1. fp32 (n,) on the CPU.
+    r = (sigmoid(Phi^-1(u')) - lo) / (hi - lo); t = 1 - r. hi = 1 keeps the tail down to t = 0. fp32 (n,), CPU.
     """
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"truncated logit-normal needs 0 <= lo < hi <= 1, got lo={lo}, hi={hi}")
@@ -129,7 +131,7 @@ def sample_truncated_logit_normal(n: int, generator: torch.Generator | None = No
     b = torch.special.ndtr(torch.logit(torch.tensor(hi, dtype=torch.float64)))
     u = a + (b - a) * torch.special.ndtr(z)
     t = torch.sigmoid(torch.special.ndtri(u))
-    return ((t - lo) / (hi - lo)).clamp(0.0, 1.0).to(torch.float32)
+    return (1.0 - ((t - lo) / (hi - lo)).clamp(0.0, 1.0)).to(torch.float32)
 
 
 def sample_logsnr_uniform(n: int, generator: torch.Generator | None = None, lo: float = -6.0,
