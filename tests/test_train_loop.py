@@ -202,6 +202,60 @@ def test_contrastive_loss_uses_a_derangement(pipe, data_dir, tmp_path):
         tr.train_step(fixed_batch(data_dir, 1))
 
 
+def test_each_sample_reaches_g_and_d_with_its_own_conditioning(pipe, data_dir, tmp_path):
+    """Wiring, as the networks see it: every G and D forward of a G step and a D step gets, row by row, the
+    conditioning of its own sample (real and fake chunks alike), except the contrastive chunk, whose prompt part
+    comes from another sample while its seconds stay its own; the real/fake/wrong chunks share their noise level."""
+    from arc_fast.reference.conditioners import assemble_dit_inputs
+
+    tr = ARCTrainer(make_cfg(tmp_path, data_dir, batch_size=4), pipeline=pipe)
+    batch = fixed_batch(data_dir, n=4, start=4)          # seconds 1, 1, 2, 2: the seconds token tells rows apart
+    own = [assemble_dit_inputs(pipe.conditioner([{"prompt": p, "seconds_start": 0, "seconds_total": sec}], "cpu"),
+                               pipe.cross_ids, pipe.global_ids) for p, sec in zip(batch["prompts"], batch["seconds_total"])]
+    own_cross = torch.cat([o["cross_attn_cond"] for o in own])
+    own_glob = torch.cat([o["global_embed"] for o in own])
+    lp = pipe.conditioner.conditioners["prompt"].max_length
+    calls = []
+    # Batched vs one-sample conditioner calls differ by float rounding (~1e-7); different samples by O(1).
+    same = lambda a, b: torch.allclose(a, b, rtol=0, atol=1e-5)  # noqa: E731
+
+    def spy(net, name):
+        real = net.forward
+
+        def forward(x, t, **kw):
+            calls.append((name, t.detach().clone(), kw["cross_attn_cond"].detach().clone(),
+                          kw["global_embed"].detach().clone()))
+            return real(x, t, **kw)
+        net.forward = forward
+
+    spy(tr.G_raw, "G")
+    spy(tr.D_raw, "D")
+    tr.loss_and_grads(batch, "G")
+    tr.loss_and_grads(batch, "D")
+    assert {c[0] for c in calls} == {"G", "D"}
+    B = 4
+    saw_wrong = False
+    for name, t, cross, glob in calls:
+        assert cross.shape[0] % B == 0, name
+        chunks = cross.shape[0] // B
+        for j in range(chunks):
+            c, g = cross[j * B:(j + 1) * B], glob[j * B:(j + 1) * B]
+            assert same(g, own_glob), f"{name} chunk {j}: global embedding of other samples"
+            if same(c, own_cross):
+                continue
+            # The contrastive chunk (D step): prompts deranged, seconds kept.
+            assert name == "D" and j == chunks - 1, f"{name} chunk {j} carries other samples' conditioning"
+            for i in range(B):
+                src = [k for k in range(B) if same(c[i, :lp], own_cross[k, :lp])]
+                assert src and src[0] != i, f"row {i}: prompt tokens are not another sample's"
+            assert same(c[:, lp:], own_cross[:, lp:]), "the contrastive chunk changed the seconds tokens"
+            saw_wrong = True
+        if name == "D" and chunks > 1:
+            for j in range(1, chunks):
+                assert torch.equal(t[j * B:(j + 1) * B], t[:B]), "chunks of one D forward differ in noise level"
+    assert saw_wrong, "no D forward saw deranged prompts (the contrastive term did not run)"
+
+
 def test_r1r2_penalty_is_logged_and_added(pipe, data_dir, tmp_path):
     tr = ARCTrainer(make_cfg(tmp_path, data_dir, r1r2_gamma=2.0), pipeline=pipe)
     m = tr.loss_and_grads(fixed_batch(data_dir), "D")
