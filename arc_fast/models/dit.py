@@ -184,7 +184,7 @@ class FastDiT(DiffusionTransformer):
 
         The embedded context (``to_cond_embed``) and every block's cross-attention keys/values are computed by the
         first such call and reused by the next ones, as a sampler's steps call the DiT: at SAO Small's 65 text
-        tokens that is about a quarter of a 1 s clip's step. Bitwise the same outputs. Applies to calls without
+        tokens that is about a quarter of the arithmetic of a step for a 1 s clip. Bitwise the same outputs. Applies to calls without
         gradients that pass ``cross_attn_cond`` (and the negative conditioning) as keyword arguments, with no
         conditioning dropout, outside ``torch.compile``; other calls run as usual. Inside the scope, do not
         modify a conditioning tensor or the weights in place. Nested scopes share the outer one's memo.
