@@ -111,9 +111,13 @@ def test_compile_fullgraph_matches(backend):
         expect = fast(inp["x"], inp["t"], **kw)
         compiled = torch.compile(fast, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(inp["x"], inp["t"], **kw), expect, rtol=1e-6, atol=1e-6)
-        with fast.reuse_conditioning():      # a traced call never memoizes (no graph break either)
-            torch.testing.assert_close(compiled(inp["x"], inp["t"], **kw), expect, rtol=1e-6, atol=1e-6)
-            assert fast._context_memos == {}
+        # A traced call never memoizes, and the scope's state is not guarded on: a new scope per generation
+        # must not recompile (nor break the graph).
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(2):
+                with fast.reuse_conditioning():
+                    torch.testing.assert_close(compiled(inp["x"], inp["t"], **kw), expect, rtol=1e-6, atol=1e-6)
+                    assert fast._context_memos == {}
 
 
 # ------------------------------------------------------------------ reuse_conditioning (the samplers' scope)

@@ -200,8 +200,10 @@ class FastDiT(DiffusionTransformer):
 
     def forward(self, x, t, *args, **kwargs):
         """As ``DiffusionTransformer.forward``; inside ``reuse_conditioning()`` the text context may be reused."""
-        if (self._context_memos is None or args or torch.is_grad_enabled()
-                or kwargs.get("cfg_dropout_prob", 0.0) > 0 or torch.compiler.is_compiling()):
+        # is_compiling() first: torch.compile then traces none of the memo state (no guards on it, so a new
+        # scope per generation never recompiles).
+        if (torch.compiler.is_compiling() or self._context_memos is None or args or torch.is_grad_enabled()
+                or kwargs.get("cfg_dropout_prob", 0.0) > 0):
             return super().forward(x, t, *args, **kwargs)
         self._call_inputs = tuple(kwargs.get(k) for k in _CONTEXT_ARGS)
         try:
