@@ -429,7 +429,10 @@ def test_cupy_runtime_packs_arguments_as_the_kernels_declare(monkeypatch):
 @pytest.fixture(scope="module")
 def checks_ext(tmp_path_factory):
     """csrc/checks.h (the checks of arc_fast_C's ops) built into a CPU torch extension: torch.ops.arc_fast_checks."""
-    if shutil.which("g++") is None or shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
+    if shutil.which("ninja") is None and importlib.util.find_spec("ninja") is not None:
+        import ninja   # the pip package: its binary may sit outside PATH (a venv not activated)
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    if shutil.which("g++") is None or shutil.which("ninja") is None:
         pytest.skip("needs g++ and ninja to build a torch extension")
     from torch.utils.cpp_extension import load
 
