@@ -68,6 +68,7 @@ fi
 #    passed on the first loan); a budget that leaves time to write the outputs.
 B=$(( $(left) - ${TEST_S:-150} ))
 [ "$B" -gt "${BENCH_S:-270}" ] && B="${BENCH_S:-270}"
+[ "$B" -lt 60 ] && B=60   # a slow install must not leave the benchmark without a budget (--budget-s needs > 0)
 say "python -m bench --device cuda (budget ${B}s)"
 # Untuned kernels unless BENCH_AUTOTUNE=1: a fresh machine's first-call tuning (one LLVM -O3 compile per config
 # and key) took the whole e2e budget on the first H100 run; the JSON records which it was.
