@@ -127,6 +127,16 @@ def pick_config(configs: list, index: int):
     return configs[index % len(configs)]
 
 
+def pinned_config(configs: list):
+    """The config a launch uses instead of autotuning, or None. Under the interpreter: the one
+    ``gpu_configs_under_interpreter`` chose (None: the caller's small interpreter blocks). On the GPU with
+    ``ARC_FAST_AUTOTUNE=0``: the first, never benchmarked (one compile per kernel variant instead of one per
+    config; the decoder alone has ~15 autotune keys), which is what short GPU runs need. Else None (autotune)."""
+    if interpreter_active():
+        return None if _interp_gpu_config is None else pick_config(configs, _interp_gpu_config)
+    return None if autotune_enabled() else configs[0]
+
+
 def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 1,
            device: torch.device | None = None, **meta) -> None:
     """Launch ``kernel(*args, **meta)`` with its block sizes chosen by the environment.
@@ -140,15 +150,12 @@ def launch(kernel, tuned, grid, args: tuple, fixed: dict, *, fixed_warps: int = 
 
     grid: a function of the meta-parameters (a dict holding the block sizes) returning the grid tuple.
     """
+    cfg = pinned_config(tuned.configs)
     if interpreter_active():
-        if _interp_gpu_config is not None:
-            fixed = pick_config(tuned.configs, _interp_gpu_config).kwargs
-        kernel[grid(fixed)](*args, **fixed, **meta, num_warps=fixed_warps)
+        blocks = fixed if cfg is None else cfg.kwargs
+        kernel[grid(blocks)](*args, **blocks, **meta, num_warps=fixed_warps)
         return
-    if not autotune_enabled():
-        # The first listed config, with no benchmarking: first calls cost one compile per kernel variant instead
-        # of one per config (the decoder alone has ~15 autotune keys), which is what short GPU runs need.
-        cfg = tuned.configs[0]
+    if cfg is not None:
         pinned = {**cfg.kwargs, **meta, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         call = lambda: kernel[grid(cfg.kwargs)](*args, **pinned)  # noqa: E731
     else:

@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_enabled, interpreter_active, interpreter_gpu_config, pick_config
+from ._common import autotune_enabled, interpreter_active, interpreter_gpu_config, pinned_config
 
 __all__ = [
     "attention",
@@ -564,14 +564,11 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _block_kwargs(fwd: bool) -> dict:
     """Launch meta-parameters: the autotuner supplies them on GPU; ``ARC_FAST_AUTOTUNE=0`` pins the first config
     of the list (no first-call tuning, e.g. for quick GPU test runs); the interpreter uses 16 x 16 blocks."""
+    cfg = pinned_config(_gpu_configs(fwd))
     if interpreter_active():
-        forced = interpreter_gpu_config()
-        if forced is not None:
-            return dict(pick_config(_gpu_configs(fwd), forced).kwargs)
-        return {"BLOCK_M": _INTERP_BLOCK, "BLOCK_N": _INTERP_BLOCK}
-    if _autotune_enabled():
+        return dict(cfg.kwargs) if cfg is not None else {"BLOCK_M": _INTERP_BLOCK, "BLOCK_N": _INTERP_BLOCK}
+    if cfg is None:
         return {}
-    cfg = _gpu_configs(fwd)[0]
     return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
