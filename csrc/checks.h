@@ -15,6 +15,8 @@
 #include <optional>
 #include <vector>
 
+#include "snake_math.h"  // the output-length rule the kernels use
+
 namespace arc_checks {
 
 // The ops' schemas, shared by the extension and the CPU test extension.
@@ -90,7 +92,7 @@ inline std::vector<int64_t> check_conv_transpose1d(const at::Tensor& x, const st
   check_like_x(weight, "weight", x, {Cin, Cout, K});
   TORCH_CHECK(Cout <= INT_MAX && K <= INT_MAX, "arc_fast_C: weight is too large: ", weight.sizes());
   TORCH_CHECK(stride >= 1 && stride <= INT_MAX, "arc_fast_C: stride must be a positive int, got ", stride);
-  const int64_t T_out = (T - 1) * stride - 2 * ((stride + 1) / 2) + K;
+  const int64_t T_out = arc_snake::convT_out_length(T, (int)stride, (int)K, arc_snake::convT_padding((int)stride));
   TORCH_CHECK(T_out >= 1, "arc_fast_C: weight: kernel size ", K, " with stride ", stride, " gives an empty output");
   check_snake_params(alpha, beta, x, apply_snake);
   if (bias.has_value()) check_like_x(*bias, "bias", x, {Cout});

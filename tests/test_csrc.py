@@ -458,7 +458,7 @@ def test_checks_accept_valid_arguments_and_give_the_output_shape(checks_ext):
     assert checks_ext.snake_conv1d(*_conv_args("conv1d")).shape == (2, 3, 16)
     assert checks_ext.snake_conv1d(*_conv_args("conv1d", alpha=None, beta=None, bias=None, residual=None,
                                                apply_snake=False)).shape == (2, 3, 16)
-    x, w = torch.randn(2, 4, 16), torch.randn(4, 3, 8)
+    x = torch.randn(2, 4, 16)
     for stride, k in ((4, 8), (2, 4), (3, 6), (5, 3)):
         w = torch.randn(4, 3, k)
         want = F.conv_transpose1d(x, w, stride=stride, padding=(stride + 1) // 2).shape
