@@ -3,8 +3,9 @@
 #   bash scripts/train_tiny/run_all.sh [--quick] [RUN_DIR]      # --quick: every stage for seconds (CI)
 # Without --quick these are the arguments of the run that produced arc_fast/assets/default (its manifest.json
 # and docs/tiny_eval/bundled_run_commands.txt have the exact commands; that run encoded with batch 32 and took
-# its autoencoder from a probe run of the same command). Ship with 05_bundle.py --model base (docs/tiny_model.md). The time limits make a run depend on the machine's speed: the numbers in
-# docs/tiny_model.md come from 2 shared CPU cores, one thread per process.
+# its autoencoder from a probe run of the same command). Ship with 05_bundle.py --model base (docs/tiny_model.md).
+# The time limits make a run depend on the machine's speed: the numbers in docs/tiny_model.md come from 2 shared
+# CPU cores, one thread per process.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 QUICK=""
