@@ -170,3 +170,29 @@ def test_gpu_sao_decoder_parity(dtype):
     finally:
         torch.backends.cudnn.allow_tf32 = prev
     assert_close_to_ref(f"gpu decoder {dtype}", out, expected, lowp, dtype, rtol32=1e-4)  # ~20 layers deep
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("B,T", [(1, 7), (2, 5)])
+def test_cpu_channels_last_inference_matches_reference(B, T, dtype, monkeypatch):
+    """The CPU inference path (channels-last activations from the first conv to the last) equals the reference
+    within the dtype's rule, returns a contiguous (B, C, T) tensor, and is the path actually taken."""
+    from arc_fast.ops import snake_conv as sc
+    cfg = dict(SMALL, final_tanh=True)
+    ref = make_ref(cfg)
+    fast = FastOobleckDecoder.from_module(ref, backend="eager")
+    z = latents(cfg, B=B, T=T)
+    calls = []
+    conv_cl = sc._conv_cl
+    monkeypatch.setattr(sc, "_conv_cl", lambda *a, **k: calls.append(1) or conv_cl(*a, **k))
+    with torch.no_grad():
+        expected = ref(z)
+        lowp = make_ref(cfg).to(dtype)(z.to(dtype))
+        out = fast.to(dtype)(z.to(dtype))
+    assert out.dtype == dtype and out.is_contiguous()
+    assert len(calls) == 1 + 2 * 3 * 2 + 2 + 1, "every conv of the decoder should run channels-last"
+    assert_close_to_ref(f"channels-last decoder {dtype}", out, expected, lowp, dtype)
+    fast.cpu_channels_last = False      # the (B, C, T) layout: same result within the same rule
+    with torch.no_grad():
+        assert_close_to_ref("(B, C, T) decoder", fast(z.to(dtype)), expected, lowp, dtype)
+    assert len(calls) == 1 + 2 * 3 * 2 + 2 + 1

@@ -320,3 +320,53 @@ def test_gpu_conv_transpose1d_real_sizes(Cin, Cout, T, stride, dtype):
         torch.backends.cudnn.allow_tf32 = prev
     lowp = ref_tconv1d(i["x"], i["alpha"], i["beta"], i["w"], i["bias"], stride)
     assert_close_to_ref("gpu snake_conv_transpose1d", out, ref, lowp, dtype, rtol32=3e-4 if prev else 1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Eager CPU channels-last ("nwc") path: the decoder's CPU inference layout
+# ---------------------------------------------------------------------------------------------------------
+CL_DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.bfloat16, id="bfloat16")]
+
+
+@pytest.mark.parametrize("dtype", CL_DTYPES)
+@pytest.mark.parametrize("B,Cin,Cout,T,K,dil,has_bias,has_res", CONV_CASES)
+def test_ops_eager_channels_last_conv1d(B, Cin, Cout, T, K, dil, has_bias, has_res, dtype):
+    i = make_conv_inputs(B, Cin, Cout, T, K, has_bias, has_res, seed=T + K)
+    ref = ref_conv1d(i["x"], i["alpha"], i["beta"], i["w"], i["bias"], dil, i["res"])
+    lo = cast(i, dtype, "cpu")
+    ref_lowp = ref_conv1d(lo["x"], lo["alpha"], lo["beta"], lo["w"], lo["bias"], dil, lo["res"])
+    x = ops.to_channels_last_1d(lo["x"])
+    res = None if lo["res"] is None else ops.to_channels_last_1d(lo["res"])
+    for w in (lo["w"], ops.channels_last_weight(lo["w"])):   # a plain weight is converted per call
+        with torch.inference_mode():
+            out = ops.snake_conv1d(x, lo["alpha"], lo["beta"], w, lo["bias"], dil, res, backend="eager")
+        assert out.dtype == dtype and (Cout == 1 or ops.is_channels_last_1d(out)), out.stride()
+        assert_close_to_ref(f"channels-last conv1d {dtype}", out, ref, ref_lowp, dtype)
+
+
+@pytest.mark.parametrize("dtype", CL_DTYPES)
+@pytest.mark.parametrize("B,Cin,Cout,T,stride", TCONV_CASES)
+def test_ops_eager_channels_last_conv_transpose1d(B, Cin, Cout, T, stride, dtype):
+    t = make_conv_inputs(B, Cin, Cout, T, 0, seed=stride + T, transposed=True, stride=stride)
+    ref = ref_tconv1d(t["x"], t["alpha"], t["beta"], t["w"], t["bias"], stride)
+    lo = cast(t, dtype, "cpu")
+    ref_lowp = ref_tconv1d(lo["x"], lo["alpha"], lo["beta"], lo["w"], lo["bias"], stride)
+    packed = ops.pack_polyphase(lo["w"], lo["bias"], stride)
+    packed = packed._replace(weight=ops.channels_last_weight(packed.weight))
+    x = ops.to_channels_last_1d(lo["x"])
+    with torch.inference_mode():
+        out = ops.snake_conv_transpose1d(x, lo["alpha"], lo["beta"], lo["w"], lo["bias"], stride, backend="eager",
+                                         packed=packed)
+    # The next layer reads it without a copy: channels-last and dense also across the batch.
+    assert ops.is_channels_last_1d(out) and ops.to_channels_last_1d(out) is out, out.stride()
+    assert_close_to_ref(f"channels-last conv_transpose1d {dtype}", out, ref, ref_lowp, dtype)
+
+
+def test_channels_last_layout_helpers():
+    x = torch.randn(2, 5, 7)
+    cl = ops.to_channels_last_1d(x)
+    assert torch.equal(cl, x) and cl.stride() == (35, 1, 5) and ops.is_channels_last_1d(cl)
+    assert not ops.is_channels_last_1d(x) and ops.to_channels_last_1d(cl) is cl
+    w = torch.randn(4, 5, 3)
+    wc = ops.channels_last_weight(w)
+    assert torch.equal(wc, w) and wc.stride() == (15, 1, 5)

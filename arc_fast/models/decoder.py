@@ -87,6 +87,8 @@ class FastOobleckDecoder(OobleckDecoder):
                          strides=strides, use_snake=use_snake, antialias_activation=antialias_activation,
                          use_nearest_upsample=use_nearest_upsample, final_tanh=final_tanh)
         self.backend = backend
+        # Eager CPU inference in channels-last layout (False: the (B, C, T) layout, for comparison in bench/).
+        self.cpu_channels_last = True
         self._plans: dict = {}
         self._plan_signature = None
 
@@ -121,6 +123,8 @@ class FastOobleckDecoder(OobleckDecoder):
         if layout == "k_major":
             # (Cout, Cin, K) view of a (K, Cout, Cin) buffer: Triton's weight tiles are then contiguous in Cin.
             w = w.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+        elif layout == "nwc":
+            w = ops.channels_last_weight(w)
         return w
 
     @staticmethod
@@ -130,9 +134,11 @@ class FastOobleckDecoder(OobleckDecoder):
         if layout == "k_major":
             # (Cin, Cout, 2S) view of a (2S, Cout, Cin) buffer (contiguous in Cin for the phase tiles).
             w = w.permute(2, 1, 0).contiguous().permute(2, 1, 0)
-        elif layout == "eager" and not torch.is_grad_enabled():   # the packed form serves no-grad calls only
+        elif layout in ("eager", "nwc") and not torch.is_grad_enabled():   # the packed form serves no-grad calls only
             bias = None if conv.bias is None else conv.bias.to(device=device, dtype=dtype)
             packed = ops.pack_polyphase(w, bias, conv.stride[0])   # the eager polyphase path
+            if layout == "nwc":
+                packed = packed._replace(weight=ops.channels_last_weight(packed.weight))
         return w, packed
 
     def _build_plan(self, dtype, device, layout: str) -> dict:
@@ -225,6 +231,11 @@ class FastOobleckDecoder(OobleckDecoder):
         layout = {"eager": "eager", "cuda": "cuda"}.get(name, "k_major" if x.is_cuda else "plain")
         if layout == "cuda":
             x = x.contiguous()   # the CUDA kernels read contiguous tensors only
+        elif layout == "eager" and x.device.type == "cpu" and self.cpu_channels_last and not self._needs_grad():
+            # The CPU inference path: every activation stays channels-last from the first conv to the last
+            # (oneDNN's preferred layout; ops.snake_conv keeps it), one transpose at each end.
+            layout = "nwc"
+            x = ops.to_channels_last_1d(x)
         plan = self._plan(x.dtype, x.device, layout)
         w, b = plan["first"]
         h = self._conv(x, None, w, b, 1, None, name)
@@ -236,7 +247,9 @@ class FastOobleckDecoder(OobleckDecoder):
                 del y
         act, w, b = plan["final"]
         h = self._conv(h, act, w, b, 1, None, name)
-        return torch.tanh(h) if self.final_tanh else h
+        if self.final_tanh:
+            h = h.tanh_() if layout == "nwc" else torch.tanh(h)
+        return h.contiguous() if layout == "nwc" else h
 
     # ------------------------------------------------------------------------------------------------
     # Long audio

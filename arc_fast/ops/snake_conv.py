@@ -28,6 +28,7 @@ from . import _dispatch
 from ._dispatch import pick_backend
 
 __all__ = ["snake_conv1d", "snake_conv_transpose1d", "snake_activation", "pack_polyphase", "PolyphaseWeight",
+           "is_channels_last_1d", "to_channels_last_1d", "channels_last_weight",
            "kernel_module", "implemented_backends"]
 
 _SNAKE_EPS = 1e-9
@@ -82,11 +83,50 @@ def snake_activation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -
     return t.add_(x)
 
 
+def is_channels_last_1d(x: torch.Tensor) -> bool:
+    """True when a (B, C, T) tensor is a transposed view of a (B, T, C) buffer (strides (T*C, 1, C), batch
+    stride free when B == 1): the channels-last ("nwc") layout oneDNN prefers (see ``to_channels_last_1d``)."""
+    if x.dim() != 3 or x.shape[1] == 1:
+        return False
+    return x.stride(1) == 1 and (x.shape[2] == 1 or x.stride(2) == x.shape[1])
+
+
+def to_channels_last_1d(x: torch.Tensor) -> torch.Tensor:
+    """x (B, C, T) -> the same values as a (B, C, T) view of a dense (B, T, C) buffer (no copy if already so).
+
+    Why: oneDNN's CPU convolutions run 1.1-3x faster on channels-last data than on (B, C, T) (measured: bf16 k7
+    C=128 204 vs 148 GFLOP/s, k1 115 vs 35 GFLOP/s, one thread, AVX512-BF16), and the eager ops below keep this
+    layout from layer to layer, so the whole decoder runs without layout reorders.
+    """
+    if is_channels_last_1d(x) and (x.shape[0] == 1 or x.stride(0) == x.shape[1] * x.shape[2]):
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A (Cout, Cin, K) conv weight as a view of a (Cout, K, Cin) buffer: the weight layout the channels-last
+    convolution reads without a reorder (prepare once, e.g. in a module's weight cache)."""
+    return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2)
+
+
+def _conv_cl(s: torch.Tensor, w: torch.Tensor, b, padding: int, dilation: int = 1) -> torch.Tensor:
+    """conv1d on channels-last (B, C, T) data as a 1xT conv2d (oneDNN's channels-last path; conv1d itself
+    takes a slower route for these strides). Output: (B, Cout, T') channels-last."""
+    if not (w.stride(1) == 1 and w.stride(2) == w.shape[1]):
+        w = channels_last_weight(w)
+    y = F.conv2d(s.unsqueeze(2), w.unsqueeze(2), b, padding=(0, padding), dilation=(1, dilation))
+    return y.squeeze(2)
+
+
 def _eager_conv1d(x, alpha, beta, weight, bias, dilation, residual, apply_snake):
     s = snake_activation(x, alpha, beta) if apply_snake else x
     w = weight.to(x.dtype)
     b = None if bias is None else bias.to(x.dtype)
-    y = F.conv1d(s, w, b, padding=dilation * (weight.shape[2] - 1) // 2, dilation=dilation)
+    pad = dilation * (weight.shape[2] - 1) // 2
+    if x.device.type == "cpu" and is_channels_last_1d(x) and _no_grad_needed(x, alpha, beta, weight, bias, residual):
+        y = _conv_cl(s, w, b, pad, dilation)
+    else:
+        y = F.conv1d(s, w, b, padding=pad, dilation=dilation)
     if residual is None:
         return y
     if _no_grad_needed(x, alpha, beta, weight, bias, residual):
@@ -129,6 +169,13 @@ def _polyphase(s: torch.Tensor, packed: PolyphaseWeight) -> torch.Tensor:
     M = (L - 1 + P) // S + 1
     w = packed.weight.to(s.dtype)
     b = None if packed.bias is None else packed.bias.to(s.dtype)
+    if M - T == 1 and s.device.type == "cpu" and is_channels_last_1d(s):
+        # Channels-last: conv2d's symmetric padding (1, 1) is the (1, M - T) pad, and the (B, M, S*Cout) output
+        # buffer already *is* the interleaved (B, M*S, Cout) signal: the interleave costs nothing.
+        y = _conv_cl(s, w, b, 1)                                          # (B, S*Cout, M) channels-last
+        y = y.transpose(1, 2).reshape(B, M * S, cout)[:, P:P + L]         # (B, L, Cout) view
+        y = y.transpose(1, 2)
+        return y if B == 1 else to_channels_last_1d(y)
     y = F.conv1d(F.pad(s, (1, M - T)), w, b)                              # (B, S*Cout, M): phases stacked
     y = y.view(B, S, cout, M).permute(0, 2, 3, 1).reshape(B, cout, M * S)  # interleave: sample m*S + r
     return y[:, :, P:P + L].contiguous()
