@@ -85,10 +85,11 @@ def snake_activation(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -
 
 def is_channels_last_1d(x: torch.Tensor) -> bool:
     """True when a (B, C, T) tensor is a transposed view of a (B, T, C) buffer (strides (T*C, 1, C), batch
-    stride free when B == 1): the channels-last ("nwc") layout oneDNN prefers (see ``to_channels_last_1d``)."""
-    if x.dim() != 3 or x.shape[1] == 1:
+    stride free when B == 1): the channels-last ("nwc") layout oneDNN prefers (see ``to_channels_last_1d``).
+    C == 1 or T == 1 is both layouts at once and counts as (B, C, T), the layout callers expect by default."""
+    if x.dim() != 3 or x.shape[1] == 1 or x.shape[2] == 1:
         return False
-    return x.stride(1) == 1 and (x.shape[2] == 1 or x.stride(2) == x.shape[1])
+    return x.stride(1) == 1 and x.stride(2) == x.shape[1]
 
 
 def to_channels_last_1d(x: torch.Tensor) -> torch.Tensor:
