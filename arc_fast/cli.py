@@ -87,8 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--short-window", action="store_true",
                    help="sample only the latent frames --seconds needs (faster short clips; for models that tolerate it)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="DiT precision (auto: bf16 on CUDA, fp32 on CPU); the decoder falls back to fp32 on NaN/Inf")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16", "int8"], default="auto",
+                   help="precision (auto: bf16 on CUDA; on the CPU per stage, bf16 where the CPU has native bf16, "
+                        "else fp32 - see `arc-fast info`; int8: torchao dynamic int8 DiT on the CPU, bf16/fp32 "
+                        "decoder as auto); the decoder falls back to fp32 on NaN/Inf")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: the physical cores this process may use)")
     g.add_argument("--reference", action="store_true", help="use the eager reference modules instead of the fused ones")
     g.add_argument("--cuda-graph", action="store_true",
                    help="CUDA only: run the sampling loop and the decode as captured CUDA graphs")
@@ -164,8 +168,20 @@ def _generate(args) -> int:
     if args.init_audio is not None and not os.path.isfile(args.init_audio):
         raise CLIError(f"init audio not found: {args.init_audio}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" and device == "cpu" else ("bf16" if args.dtype == "auto" else args.dtype)
-    pipe = load_pipeline(args.model, device=device, dtype=dtype, allow_partial=args.allow_partial,
+    if args.dtype == "int8" and device != "cpu":
+        raise CLIError("--dtype int8 is a CPU path (torchao); use --dtype bf16 on CUDA")
+    if device == "cpu":
+        from .cpu import physical_cores
+        torch.set_num_threads(args.threads or physical_cores())
+    ae_dtype = None
+    if args.dtype == "int8":
+        from .cpu import choose_precisions, torchao_available
+        missing = torchao_available()
+        if missing is not None:
+            raise CLIError(f"--dtype int8: {missing}")
+        ae_dtype = choose_precisions().dtypes()[1]
+    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, autoencoder_dtype=ae_dtype,
+                         allow_partial=args.allow_partial,
                          fast=not args.reference, config=args.config, dit=args.dit, autoencoder=args.autoencoder,
                          ema=args.ema, arc_post_trained=_kind(args))
     _notes(pipe.load_notes, args.quiet)
@@ -216,18 +232,23 @@ def _convert_cmd(args) -> int:
 def _export_cmd(args) -> int:
     import torch
 
+    from .cpu import torchao_available
     from .pipeline import compare_dit, load_pipeline
 
     out = _convert(args, True)
     _notes(out["notes"])
-    ref = load_pipeline(args.model, device="cpu", fast=False, config=args.config, dit=args.dit,
+    print(f"wrote {', '.join(out['files'])} (int8 DiT)")
+    missing = torchao_available()
+    if missing is not None:   # the export itself is done; only its measurement needs the int8 compute path
+        print(f"int8 DiT not measured: {missing}")
+        return 0
+    ref = load_pipeline(args.model, device="cpu", dtype="fp32", config=args.config, dit=args.dit,
                         autoencoder=args.autoencoder, ema=args.ema, allow_partial=args.allow_partial)
-    q = load_pipeline(args.output, device="cpu", fast=False)
+    q = load_pipeline(args.output, device="cpu", dtype="int8")
     frames = args.frames or ref.sample_size // ref.hop
     r = compare_dit(ref.dit, q.dit, frames=frames)
-    print(f"wrote {', '.join(out['files'])} (int8 DiT)")
-    print(f"int8 DiT vs fp32 ({frames} latent frames, batch 1, CPU, {torch.get_num_threads()} threads): relative error "
-          f"{r['relative_error']:.2e}; forward {r['reference_seconds'] * 1e3:.1f} ms fp32, "
+    print(f"int8 DiT (torchao) vs fp32 ({frames} latent frames, batch 1, CPU, {torch.get_num_threads()} threads): "
+          f"relative error {r['relative_error']:.2e}; forward {r['reference_seconds'] * 1e3:.1f} ms fp32, "
           f"{r['candidate_seconds'] * 1e3:.1f} ms int8")
     return 0
 

@@ -501,20 +501,12 @@ def refresh_weight_norm(module: nn.Module) -> None:
 INT8_SCALE = ".weight_scale"
 
 
-def _fbgemm_ok() -> bool:
-    try:
-        return "fbgemm" in torch.backends.quantized.supported_engines or \
-            "x86" in torch.backends.quantized.supported_engines
-    except Exception:  # noqa: BLE001
-        return False
-
-
 class Int8Linear(nn.Module):
     """Linear layer with int8 weights: ``weight`` int8 (out, in), ``weight_scale`` (out,), ``bias`` (out,).
 
     W = weight * weight_scale[:, None] (symmetric, per output channel). forward(x (..., in)) -> (..., out) in
-    x's dtype. On a CPU with the fbgemm/x86 quantized engine the product is a dynamic-int8 GEMM (activations
-    quantized per call, fp32 accumulation of the int32 result); elsewhere the weight is dequantized."""
+    x's dtype, with the dequantised weight: this is the on-disk int8 format (``arc-fast convert --int8``); the
+    int8 compute path is torchao's dynamic int8 GEMM (``arc_fast.cpu.quantize_dit_int8``)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -522,8 +514,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._packed = None
-        self._packed_key = None
 
     @staticmethod
     def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -546,34 +536,35 @@ class Int8Linear(nn.Module):
     def dequantized(self, dtype=torch.float32) -> torch.Tensor:
         return self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
 
-    def _packed_weight(self):
-        key = (self.weight.data_ptr(), self.weight._version, self.weight_scale._version,
-               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
-        if self._packed_key != key:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch's quantized-tensor creation is marked deprecated
-                scale = self.weight_scale.detach().double()
-                qw = torch._make_per_channel_quantized_tensor(self.weight.detach(), scale,
-                                                              torch.zeros_like(scale, dtype=torch.long), 0)
-                bias = None if self.bias is None else self.bias.detach().float()
-                self._packed = torch.ops.quantized.linear_prepack(qw, bias)
-            self._packed_key = key
-        return self._packed
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and not torch.is_grad_enabled() and _fbgemm_ok():
-            try:
-                shape = x.shape
-                y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(),
-                                                       self._packed_weight(), True)
-                return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-            except (RuntimeError, AttributeError, NotImplementedError):
-                pass  # quantized engine unusable here: dequantize instead
+        # The exact dequantised weight: this module is the int8 *file* format. Fast int8 compute is torchao's
+        # (``load_pipeline`` restores such layers to nn.Linear and ``arc_fast.cpu.quantize_dit_int8`` re-quantises).
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def dequantize_int8_layers(dit: nn.Module) -> int:
+    """Replace every ``Int8Linear`` of ``dit`` in place by an ``nn.Linear`` holding its exact float weights
+    (``weight * weight_scale``, fp32); returns how many were replaced. The int8 compute path is torchao's
+    (``arc_fast.cpu.quantize_dit_int8``), which needs plain Linear layers."""
+    n = 0
+    for name, mod in list(dit.named_modules()):
+        if not isinstance(mod, Int8Linear):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = dit.get_submodule(parent_name) if parent_name else dit
+        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device=mod.weight.device)
+        with torch.no_grad():
+            lin.weight.copy_(mod.dequantized(torch.float32))
+            if mod.bias is not None:
+                lin.bias.copy_(mod.bias.float())
+        lin.requires_grad_(False)
+        setattr(parent, child, lin)
+        n += 1
+    return n
 
 
 def int8_linear_names(dit: nn.Module) -> list[str]:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import sampling
-from .loader import (PREFIXES, CheckpointError, apply_int8_layout, build_models, check_state_dict,
+from .loader import (PREFIXES, CheckpointError, apply_int8_layout, build_models, check_state_dict, dequantize_int8_layers,
                      quantize_dit_state_dict, read_component, read_resolved, refresh_weight_norm, save_json,
                      save_safetensors)
 from .loader import ResolvedCheckpoint, read_checkpoint  # noqa: F401 - re-exported (older import path)
@@ -80,6 +80,8 @@ class Timings:
     dit_steps: list = field(default_factory=list)
     decoder: float = 0.0
     total: float = 0.0
+    precision: str = ""     # e.g. "DiT bf16, decoder bf16"
+    threads: int = 0        # torch intra-op threads (CPU)
 
     def summary(self) -> str:
         n = len(self.dit_steps)
@@ -87,7 +89,9 @@ class Timings:
         per = dit / n if n else 0.0
         enc = f" | encoder {self.encoder * 1e3:.1f} ms" if self.encoder else ""
         return (f"conditioner {self.conditioner * 1e3:.1f} ms{enc} | DiT {n} steps {dit * 1e3:.1f} ms "
-                f"({per * 1e3:.1f} ms/step) | decoder {self.decoder * 1e3:.1f} ms | total {self.total * 1e3:.1f} ms")
+                f"({per * 1e3:.1f} ms/step) | decoder {self.decoder * 1e3:.1f} ms | total {self.total * 1e3:.1f} ms"
+                + (f" | {self.precision}" if self.precision else "")
+                + (f", {self.threads} threads" if self.threads else ""))
 
 
 def _sync(device: torch.device) -> None:
@@ -95,14 +99,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def parse_dtype(value) -> torch.dtype | None:
-    """'fp32'|'fp16'|'bf16' (or a torch.dtype, or None) -> torch.dtype | None."""
+def parse_dtype(value, allow_int8: bool = False) -> torch.dtype | str | None:
+    """'fp32'|'fp16'|'bf16' (or a torch.dtype, or None) -> torch.dtype | None; 'int8' -> "int8" where
+    ``allow_int8`` (the DiT on the CPU); 'auto' -> None (the caller's automatic choice)."""
     if value is None or isinstance(value, torch.dtype):
         return value
     key = str(value).lower()
+    if key == "auto":
+        return None
+    if allow_int8 and key == "int8":
+        return "int8"
     if key not in DTYPES:
-        raise ValueError(f"dtype must be one of fp32, fp16, bf16, got {value!r}")
+        raise ValueError(f"dtype must be one of auto, fp32, fp16, bf16{', int8' if allow_int8 else ''}, got {value!r}")
     return DTYPES[key]
+
+
+def _dtype_name(dtype) -> str:
+    return dtype if isinstance(dtype, str) else {torch.float32: "fp32", torch.float16: "fp16",
+                                                 torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -421,6 +435,7 @@ class Pipeline:
         self.patch_size = int(getattr(dit, "patch_size", 1))
         self.short_window_default = bool(config.get("arc_fast", {}).get("short_window", False))
         self.dtype = next(dit.parameters()).dtype
+        self.dit_precision = _dtype_name(self.dtype)
         self.autoencoder_dtype = torch.float32
         self.load_notes: list[str] = []
         self.last_timings = Timings()
@@ -467,10 +482,22 @@ class Pipeline:
             self.device = torch.device(device)
         for m in (self.dit, self.autoencoder, self.conditioner):
             m.to(device=self.device)
-        dtype = parse_dtype(dtype)
-        if dtype is not None:
-            self.dit.to(dtype=dtype)
+        dtype = parse_dtype(dtype, allow_int8=True)
+        from .cpu import is_int8, quantize_dit_int8
+        if dtype == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("dtype='int8' (torchao dynamic int8) is a CPU path; use bf16 or fp16 on CUDA")
+            if not is_int8(self.dit):
+                quantize_dit_int8(self.dit.float())
+            self.dtype = torch.float32   # activations between the int8 GEMMs
+            self.dit_precision = "int8"
+        elif dtype is not None:
+            if is_int8(self.dit) and dtype != torch.float32:
+                raise ValueError(f"the DiT is int8-quantised; it cannot be cast to {dtype} (reload the model)")
+            if not is_int8(self.dit):
+                self.dit.to(dtype=dtype)
             self.dtype = dtype
+            self.dit_precision = "int8" if is_int8(self.dit) else _dtype_name(dtype)
         ae = parse_dtype(autoencoder_dtype)
         if ae is None and dtype is not None:
             ae = dtype if self.device.type == "cuda" else torch.float32
@@ -654,7 +681,8 @@ class Pipeline:
             self._warn_once("no-text", "this model has no text conditioner: the prompt is ignored")
         short_window = self.short_window_default if short_window is None else bool(short_window)
         b = len(prompts)
-        timings = Timings()
+        timings = Timings(precision=f"DiT {self.dit_precision}, decoder {_dtype_name(self.autoencoder_dtype)}",
+                          threads=torch.get_num_threads() if self.device.type == "cpu" else 0)
         t_start = time.perf_counter()
 
         init_wave = None
@@ -1045,20 +1073,32 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     bundled default. Any layout of ``arc_fast.loader`` (Lightning wrappers, EMA, ARC training, the arc_fast
     trainer). dit / autoencoder: separate files that replace (or supply) those components. config: a dict
     or a JSON path. ema: None = prefer EMA weights when present (noted in ``load_notes``), True = require,
-    False = online weights. arc_post_trained: override the detected model kind. dtype: the DiT's dtype
-    (default fp32); autoencoder_dtype: the decoder's compute dtype (default: dtype on CUDA, else fp32).
+    False = online weights. arc_post_trained: override the detected model kind. dtype: the DiT's
+    precision: None / "auto" = on the CPU the fastest precision this CPU runs well, per stage
+    (``arc_fast.cpu.choose_precisions``: bf16 where oneDNN has native bf16 and a cached one-off probe confirms
+    the gain, else fp32; an int8 export keeps int8), fp32 on CUDA for None and bf16 for "auto"; "fp32" / "bf16" /
+    "fp16"; "int8" (CPU: torchao dynamic int8 of the DiT's linears, ``arc_fast.cpu.quantize_dit_int8``).
+    autoencoder_dtype: the decoder's compute dtype (default: the automatic choice on the CPU when dtype is
+    None/"auto", else dtype on CUDA and fp32 on the CPU); non-finite decoder output falls back to fp32.
     fast: swap in FastDiT and FastOobleckDecoder (same weights) where they apply.
     Raises FileNotFoundError / CheckpointError (every problem key named) / ValueError (config)."""
     resolved = resolve_model(model, config=config, dit=dit, autoencoder=autoencoder, ema=ema,
                              arc_post_trained=arc_post_trained)
     d, ae, cond, notes = materialize(resolved, allow_partial)
     notes = resolved.notes + notes
+    # An int8 export's weights, restored exactly (q * scale): the int8 compute is torchao's, on plain Linear
+    # layers of either DiT, when the DiT's precision is int8 (the automatic choice for such a model).
+    n_int8 = dequantize_int8_layers(d)
+    if n_int8:
+        notes.append(f"int8 export: {n_int8} linear layers (re-quantised by torchao when the DiT runs in int8)")
     if fast:
         d, ae, fast_notes = _fast_modules(d, ae)
         notes += fast_notes
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = Pipeline(resolved.config, d, ae, cond)
-    pipe.to(device, parse_dtype(dtype), autoencoder_dtype)
+    dit_dtype, ae_dtype, precision_notes = _resolve_precisions(device, dtype, autoencoder_dtype, n_int8 > 0)
+    notes += precision_notes
+    pipe.to(device, dit_dtype, ae_dtype)
     kind = "ARC post-trained" if pipe.is_arc else "base"
     dflt = pipe.defaults()
     notes.append(f"{kind} model (from {resolved.arc_source}): defaults {dflt['sampler']}, {dflt['steps']} steps, "
@@ -1069,25 +1109,51 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     return pipe
 
 
+def _resolve_precisions(device: torch.device, dtype, autoencoder_dtype, int8_export: bool):
+    """(DiT dtype or "int8", decoder dtype, notes) for ``load_pipeline``'s dtype arguments (see there)."""
+    auto = dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto")
+    dit_dtype = None if auto else parse_dtype(dtype, allow_int8=True)
+    ae_dtype = parse_dtype(autoencoder_dtype)
+    notes = []
+    if device.type != "cpu":
+        if auto and dtype is not None:
+            dit_dtype = torch.bfloat16
+        return dit_dtype, ae_dtype, notes
+    if auto:
+        from .cpu import choose_precisions, torchao_available
+        p = choose_precisions()
+        dit_dtype = p.dtypes()[0]
+        why = p.reasons["dit"]
+        if int8_export:
+            missing = torchao_available()
+            if missing is None:
+                dit_dtype, why = "int8", "int8: the checkpoint is an int8 export (torchao dynamic int8)"
+            else:
+                why += f" (int8 export run in float: {missing})"
+        notes.append(f"CPU precision (auto): DiT {why}")
+        if ae_dtype is None:
+            ae_dtype = p.dtypes()[1]
+            notes.append(f"CPU precision (auto): decoder {p.reasons['decoder']}")
+    elif ae_dtype is None:
+        ae_dtype = torch.float32
+    return dit_dtype, ae_dtype, notes
+
+
 def _fast_modules(dit, autoencoder):
     """Swap in the fused modules when the package has them and the model suits them (same weights, same
     outputs); returns (dit, autoencoder, notes)."""
-    from .loader import Int8Linear
     notes = []
-    if any(isinstance(m, Int8Linear) for m in dit.modules()):
-        notes.append("int8 DiT runs on the reference modules (the fused DiT needs float weights)")
-    else:
-        try:
-            from .models.dit import FastDiT
-            fast = FastDiT.from_module(dit).eval()
-            check = getattr(fast, "_check_betas", None)
-            if check is not None:
-                check()  # non-zero LayerNorm betas: the fused LayerNorm is bias-less, keep the reference
-            dit = fast
-        except ImportError:
-            pass
-        except (NotImplementedError, ValueError) as exc:
-            notes.append(f"fused DiT not used: {exc}")
+    try:
+        from .models.dit import FastDiT
+        fast = FastDiT.from_module(dit).eval()
+        check = getattr(fast, "_check_betas", None)
+        if check is not None:
+            check()  # non-zero LayerNorm betas: the fused LayerNorm is bias-less, keep the reference
+        dit = fast
+    except ImportError:
+        pass
+    except (NotImplementedError, ValueError) as exc:
+        notes.append(f"fused DiT not used: {exc}")
     try:
         from .models.decoder import FastOobleckDecoder
         autoencoder.decoder = FastOobleckDecoder.from_module(autoencoder.decoder).eval()
