@@ -1,4 +1,4 @@
-"""``python -m arc_fast info``: which backends are live here and, for each that is not, why."""
+"""``python -m arc_fast.info`` (or ``arc-fast info``): which backends are live here and, for each that is not, why."""
 from __future__ import annotations
 
 import importlib
@@ -54,3 +54,9 @@ def main() -> int:
     for name, live, detail in backend_status():
         print(f"  {'[live]' if live else '[off] '} {name:24s} {detail}")
     return 0
+
+
+if __name__ == "__main__":  # python -m arc_fast.info
+    import sys
+
+    sys.exit(main())
