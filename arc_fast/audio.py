@@ -134,7 +134,7 @@ def resample_sinc(audio: torch.Tensor, orig_sr: int, new_sr: int, zero_crossings
     if orig_sr == new_sr:
         return audio.clone()
     g = math.gcd(orig_sr, new_sr)
-    m, l = orig_sr // g, new_sr // g  # noqa: E741 - L/M as in the polyphase literature
+    m, l = orig_sr // g, new_sr // g
     shape, n = audio.shape[:-1], audio.shape[-1]
     x = audio.reshape(-1, 1, n).to(torch.float32)
     n_out = -(-n * l // m)

@@ -37,7 +37,8 @@ def backend_status() -> list[tuple[str, bool, str]]:
         rows.append(("flash-attn", False, "not installed"))
     else:
         rows.append(("flash-attn", cuda, "installed" if cuda else "installed, but no CUDA device"))
-    rows.append(("SDPA (torch)", hasattr(torch.nn.functional, "scaled_dot_product_attention"), f"torch {torch.__version__}"))
+    rows.append(("SDPA (torch)", hasattr(torch.nn.functional, "scaled_dot_product_attention"),
+                 f"torch {torch.__version__}"))
     return rows
 
 

@@ -143,7 +143,8 @@ def resolve_model(model: str | None = None, *, config=None, dit: str | None = No
         if not os.path.isfile(path) and base is not None:
             path = os.path.join(base, "model_config.json")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"model_config.json not found at {path} (give the config with config=... / --config)")
+            raise FileNotFoundError(f"model_config.json not found at {path} "
+                                    f"(give the config with config=... / --config)")
         cfg_source = path
         config = read_config(path)
     else:
@@ -276,7 +277,9 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     if fast:
         d, ae, fast_notes = fast_modules(d, ae)
         notes += fast_notes
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     pipe = Pipeline(resolved.config, d, ae, cond)
     pipe.to(device, parse_dtype(dtype), autoencoder_dtype)
     kind = "ARC post-trained" if pipe.is_arc else "base"

@@ -156,8 +156,9 @@ class Pipeline:
     def describe(self) -> str:
         d = self.defaults()
         kind = "ARC post-trained" if self.is_arc else "base"
-        return (f"{kind} model ({self.objective}); defaults {d['sampler']}, {d['steps']} steps, CFG {d['cfg_scale']:g}; "
-                f"window {self.max_seconds:.2f} s @ {self.sample_rate} Hz, {self.audio_channels} ch")
+        return (f"{kind} model ({self.objective}); defaults {d['sampler']}, {d['steps']} steps, "
+                f"CFG {d['cfg_scale']:g}; window {self.max_seconds:.2f} s @ {self.sample_rate} Hz, "
+                f"{self.audio_channels} ch")
 
     # -------------------------------------------------------------------------------- placement
     def to(self, device=None, dtype=None, autoencoder_dtype=None) -> "Pipeline":

@@ -234,11 +234,13 @@ def read_captions(path: str) -> list[tuple[str, str]]:
                         rec = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise ValueError(f"{path}: line {ln} is not valid JSON ({exc})") from exc
-                    out.append((pick(rec, file_keys, "file", f"{path}:{ln}"), pick(rec, cap_keys, "caption", f"{path}:{ln}")))
+                    where = f"{path}:{ln}"
+                    out.append((pick(rec, file_keys, "file", where), pick(rec, cap_keys, "caption", where)))
     elif path.endswith(".csv"):
         with open(path, newline="") as f:
             for ln, rec in enumerate(csv.DictReader(f), 2):
-                out.append((pick(rec, file_keys, "file", f"{path}:{ln}"), pick(rec, cap_keys, "caption", f"{path}:{ln}")))
+                where = f"{path}:{ln}"
+                out.append((pick(rec, file_keys, "file", where), pick(rec, cap_keys, "caption", where)))
     else:
         raise ValueError(f"captions file must be .csv or .jsonl, got {path}")
     if not out:
@@ -294,7 +296,10 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
         else:
             lat = (enc.encode(audio, sample=sample_latents).float() / scale).cpu()
         for j, (_, cap, sec, fname) in enumerate(pending):
-            buf_lat.append(lat[j]); buf_p.append(cap); buf_s.append(sec); buf_f.append(fname)
+            buf_lat.append(lat[j])
+            buf_p.append(cap)
+            buf_s.append(sec)
+            buf_f.append(fname)
         pending.clear()
 
     it = pairs
@@ -329,7 +334,8 @@ def write_shard(path: str, latents: torch.Tensor, prompts: list[str], seconds_to
     """Write one shard (latents (N, C, T) + prompts in the metadata), atomically. Returns ``path``."""
     from safetensors.torch import save_file
     if latents.dim() != 3 or latents.shape[0] != len(prompts):
-        raise ValueError(f"latents must be (N, C, T) with N = len(prompts) = {len(prompts)}, got {tuple(latents.shape)}")
+        raise ValueError(f"latents must be (N, C, T) with N = len(prompts) = {len(prompts)}, "
+                         f"got {tuple(latents.shape)}")
     meta = {"prompts": json.dumps(list(prompts))}
     if seconds_total is not None:
         meta["seconds_total"] = json.dumps([float(s) for s in seconds_total])
