@@ -97,3 +97,24 @@ def cached_runner(cache: dict, key: tuple, build) -> GraphRunner:
         runner = build()
     cache[key] = runner
     return runner
+
+
+def sample_and_decode(cache: dict, dit, decode, decode_dtype: torch.dtype, x: torch.Tensor, ts: torch.Tensor,
+                      sampler: str, cfg_scale: float, generator: torch.Generator, cond: dict):
+    """One generation through the cached runner of this call shape (captured on first use).
+
+    x (B, C, T): the start latents; ts (steps + 1,) fp32; the per-step noise is drawn from ``generator`` here,
+    as the eager loop would draw it. decode(latents) -> audio runs in ``decode_dtype`` (part of the cache key).
+    Returns (latents (a copy), audio (the runner's buffer), first non-finite DiT step as (index, t) or None,
+    seconds per step (list), decoder seconds)."""
+    steps = ts.shape[0] - 1
+    eps = sampling.Sampler(sampler, ts, "rf").predraw(x, generator)
+    key = (tuple(x.shape), x.dtype, decode_dtype, steps, sampler, float(cfg_scale), float(ts[0]),
+           tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in cond.items())))
+    runner = cached_runner(cache, key, lambda: GraphRunner(dit, decode, x, ts, sampler, cfg_scale, cond))
+    latents, audio, flags, dit_ms, dec_ms = runner(x, eps, cond)
+    first_bad = None
+    if not bool(flags.all()):
+        i = int((~flags).nonzero()[0, 0])
+        first_bad = (i, float(ts[i]))
+    return latents.clone(), audio, first_bad, [dit_ms / 1e3 / steps] * steps, dec_ms / 1e3

@@ -1,26 +1,19 @@
-"""The ``Pipeline``: text (+ optional init audio) -> audio with a loaded Stable-Audio-format model. It only
-orchestrates: condition -> sample -> decode -> guard.
+"""The ``Pipeline``: text (+ optional init audio) -> audio with a loaded model. It only orchestrates:
+condition -> sample -> decode -> guard; device and dtype placement is ``Pipeline.to`` (one place).
 
-Where the rest lives (every name below still imports from here, the older path):
-``arc_fast.loading`` (``load_pipeline``, ``build_pipeline``, ``resolve_model``, ``materialize``),
-``arc_fast.sampling`` (the sampler arithmetic, written once: ``Sampler``, ``run``, schedules),
-``arc_fast.cuda_graphs`` (the captured loop), ``arc_fast.audio`` (read, write, ``resample``, ``remix``),
-``arc_fast.convert`` (``convert_model``, ``compare_dit``), ``arc_fast.loader`` / ``arc_fast.int8`` (file
-formats and key layouts).
+The rest lives in (each name still imports from here, the older path): ``arc_fast.loading`` (load_pipeline,
+build_pipeline, resolve_model, materialize), ``arc_fast.sampling`` (the sampler arithmetic, written once),
+``arc_fast.cuda_graphs`` (the captured loop), ``arc_fast.audio`` (read, write, resample, remix),
+``arc_fast.guards`` (the errors and checks), ``arc_fast.convert`` (convert_model, compare_dit),
+``arc_fast.loader`` / ``arc_fast.int8`` (file formats and key layouts). docs/architecture.md has the map.
 
 Sampler defaults follow the model kind (``Pipeline.defaults``): ARC post-trained models ping-pong, 8 steps,
-CFG 1; base models Euler, 100 steps, CFG 7 (the kind is decided at load time, see ``arc_fast.loading``).
-
-Audio-to-audio (``init_audio``): the audio is remixed to the autoencoder's channel count
-(``arc_fast.audio.remix``), resampled to the model rate (``arc_fast.audio.resample``), padded or cut to the
-latent window, encoded to the VAE posterior mean (fp32), and the sampler starts at ``(1 - s) z + s eps``
-with ``s = init_noise_level`` (rectified flow; ``cos(s pi/2) z + sin(s pi/2) eps`` for v-objective models).
-
-Guards: non-finite values in the conditioning, the encoded init audio, any DiT step or the decoder output,
-and an all-silent output, raise ``GenerationError`` naming the stage (``DiT step k of n``); the CLI writes no
-file then. A low-precision decoder that gives non-finite audio is rerun in fp32 (and kept in fp32).
-
-Dtypes are decided in one place: ``Pipeline.to`` (``parse_dtype`` reads the names).
+CFG 1; base models Euler, 100 steps, CFG 7. Audio-to-audio (``init_audio``): remixed and resampled
+(``arc_fast.audio``), padded or cut to the latent window, encoded to the VAE posterior mean (fp32); sampling
+starts at ``(1 - s) z + s eps``, ``s = init_noise_level`` (``cos(s pi/2) z + sin(s pi/2) eps`` for
+v-objective models). Non-finite conditioning, init latents, DiT steps or decoder output, and all-silent
+output, raise ``GenerationError`` naming the stage; a low-precision decoder that gives non-finite audio is
+rerun in fp32 (and kept in fp32).
 """
 from __future__ import annotations
 
@@ -37,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import audio as _audio
-from . import guards, sampling
-from .cuda_graphs import GraphRunner, cached_runner
+from . import cuda_graphs, guards, sampling
 from .guards import SILENCE_PEAK, GenerationError, NonFiniteError  # noqa: F401 - public here too
 from .loader import PREFIXES, refresh_weight_norm, save_json, save_safetensors
 from .reference.conditioners import MultiConditioner, assemble_dit_inputs
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
 
 @dataclass
 class Timings:
@@ -79,7 +72,6 @@ def parse_dtype(value) -> torch.dtype | None:
     return DTYPES[key]
 
 
-
 def full_state_dict(dit: nn.Module, autoencoder: nn.Module, conditioner: nn.Module) -> dict[str, torch.Tensor]:
     """The Stable Audio unwrapped layout of the three components."""
     sd = {}
@@ -87,7 +79,6 @@ def full_state_dict(dit: nn.Module, autoencoder: nn.Module, conditioner: nn.Modu
         for k, v in mod.state_dict().items():
             sd[PREFIXES[name] + k] = v
     return sd
-
 
 
 class Pipeline:
@@ -404,29 +395,19 @@ class Pipeline:
         """The ``cuda_graph=True`` path of ``__call__`` (rectified flow): (latents, audio fp32, seconds per step,
         decoder seconds); sets ``_graph_first_bad`` ((step, t) of the first non-finite DiT step, or None)."""
         ts = sampling.rf_schedule(steps, sigma_max)
-        init = None if init_latents is None else init_latents.to(noise.dtype)
-        x = sampling.start("rf", noise, init, sigma_max)
-        eps = sampling.Sampler(sampler, ts, "rf").predraw(x, gen)   # the eager loop's draws, in its order
+        x = sampling.start("rf", noise, None if init_latents is None else init_latents.to(noise.dtype), sigma_max)
         dec_dtype = self.autoencoder_dtype
-        key = (tuple(x.shape), x.dtype, dec_dtype, steps, sampler, float(cfg_scale), float(ts[0]),
-               tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in cond.items())))
-        graphs = self.__dict__.setdefault("_cuda_graphs", {})
-        runner = cached_runner(graphs, key, lambda: GraphRunner(
-            self._dit_fn, lambda z: self._run_decoder(z, dec_dtype), x, ts, sampler, cfg_scale, cond))
-        latents, audio, flags, dit_ms, dec_ms = runner(x, eps, cond)
-        self._graph_first_bad = None
-        if not bool(flags.all()):
-            i = int((~flags).nonzero()[0, 0])
-            self._graph_first_bad = (i, float(ts[i]))
-        latents = latents.clone()
+        latents, audio, self._graph_first_bad, step_s, dec_s = cuda_graphs.sample_and_decode(
+            self.__dict__.setdefault("_cuda_graphs", {}), self._dit_fn, lambda z: self._run_decoder(z, dec_dtype),
+            dec_dtype, x, ts, sampler, cfg_scale, gen, cond)
         if self._graph_first_bad is None and not bool(torch.isfinite(audio).all()):
             # decode() owns the fp32 fallback and its warning; the graphs of the low-precision decoder go.
             self.clear_cuda_graphs()
             t1 = time.perf_counter()
             audio = self.decode(latents)
             _sync(self.device)
-            dec_ms = (time.perf_counter() - t1) * 1e3
-        return latents, audio.float(), [dit_ms / 1e3 / steps] * steps, dec_ms / 1e3
+            dec_s = time.perf_counter() - t1
+        return latents, audio.float(), step_s, dec_s
 
     def clear_cuda_graphs(self) -> None:
         """Drop the CUDA graphs ``cuda_graph=True`` captured (and the GPU memory they pin)."""
@@ -454,16 +435,14 @@ class Pipeline:
         save_json(config, os.path.join(directory, "model_config.json"))
 
 
-
 # ------------------------------------------------------------------------------------------------------
 # Older import paths: these names moved to the modules named in the docstring (imported on first use, so
 # that arc_fast.loading and arc_fast.convert, which import this module, load in any order).
 # ------------------------------------------------------------------------------------------------------
 _MOVED = {
     "arc_fast.loading": ("ASSETS", "DEFAULT_MODEL_DIR", "CHECKPOINT_NAMES", "SPLIT_NAMES", "ResolvedModel",
-                         "build_pipeline", "find_checkpoint", "_find_checkpoint", "load_pipeline",
-                         "load_state_dict_into", "materialize", "read_config", "resolve_model", "fast_modules",
-                         "_fast_modules"),
+                         "build_pipeline", "find_checkpoint", "_find_checkpoint", "load_pipeline", "materialize",
+                         "load_state_dict_into", "read_config", "resolve_model", "fast_modules", "_fast_modules"),
     "arc_fast.convert": ("compare_dit", "convert_model"),
     "arc_fast.audio": ("load_audio", "remix", "resample"),
     "arc_fast.sampling": ("rf_schedule",),
