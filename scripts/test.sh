@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: set up .venv with the dev extras, compile-check csrc/ (when nvcc is present),
-# fetch the stable-audio-tools interop set, lint (ruff, config in pyproject.toml: seconds, so it runs first),
-# then run the CPU test suite (Triton kernels under the interpreter).
+# The test command: set up .venv with the dev extras, lint (ruff, config in pyproject.toml; it takes well
+# under a second, so it runs first), compile-check csrc/ (when nvcc is present), fetch the
+# stable-audio-tools interop set, then run the CPU test suite (Triton kernels under the interpreter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=dev bash scripts/setup.sh
