@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 from ._errors import report_error
 
@@ -125,19 +124,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_wav(path: str, audio, sample_rate: int) -> None:
-    import soundfile as sf
+    from .audio import write_wav
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise CLIError(f"output folder does not exist: {directory} (create it first)")
-    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=directory, prefix=".arc-fast-")
-    os.close(fd)
-    try:
-        sf.write(tmp, audio.T.numpy(), sample_rate, subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_wav(path, audio, sample_rate)
 
 
 def _kind(args):

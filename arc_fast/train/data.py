@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from ..audio import read_audio
+
 SIDE_SUFFIX = ".jsonl"
 
 
@@ -232,40 +234,18 @@ def read_captions(path: str) -> list[tuple[str, str]]:
                         rec = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise ValueError(f"{path}: line {ln} is not valid JSON ({exc})") from exc
-                    out.append((pick(rec, file_keys, "file", f"{path}:{ln}"), pick(rec, cap_keys, "caption", f"{path}:{ln}")))
+                    where = f"{path}:{ln}"
+                    out.append((pick(rec, file_keys, "file", where), pick(rec, cap_keys, "caption", where)))
     elif path.endswith(".csv"):
         with open(path, newline="") as f:
             for ln, rec in enumerate(csv.DictReader(f), 2):
-                out.append((pick(rec, file_keys, "file", f"{path}:{ln}"), pick(rec, cap_keys, "caption", f"{path}:{ln}")))
+                where = f"{path}:{ln}"
+                out.append((pick(rec, file_keys, "file", where), pick(rec, cap_keys, "caption", where)))
     else:
         raise ValueError(f"captions file must be .csv or .jsonl, got {path}")
     if not out:
         raise ValueError(f"{path}: no captions")
     return out
-
-
-def _load_audio(path: str, sample_rate: int, channels: int, resample: bool) -> torch.Tensor:
-    import soundfile as sf
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)  # (N, ch)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read audio ({exc.__class__.__name__}: {exc})") from exc
-    audio = torch.from_numpy(data.T.copy())  # (ch, N)
-    if sr != sample_rate:
-        if not resample:
-            raise ValueError(f"{path}: sample rate {sr} Hz, the model needs {sample_rate} Hz (resample the files, "
-                             f"or pass resample=True)")
-        try:  # the pipeline's band-limited (windowed-sinc) resampler, when this version has it
-            from ..pipeline import resample as sinc_resample
-            audio = sinc_resample(audio, sr, sample_rate)
-        except ImportError:  # naive linear interpolation (aliases on downsampling)
-            n = max(1, round(audio.shape[-1] * sample_rate / sr))
-            audio = torch.nn.functional.interpolate(audio[None], size=n, mode="linear", align_corners=False)[0]
-    if audio.shape[0] == 1 and channels > 1:
-        audio = audio.expand(channels, -1)
-    elif audio.shape[0] != channels:
-        raise ValueError(f"{path}: {audio.shape[0]} channels, the model takes {channels} (or mono)")
-    return audio.contiguous()
 
 
 def _write_shard(out_dir: str, index: int, latents: list[torch.Tensor], prompts: list[str], seconds: list[float],
@@ -289,7 +269,8 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
     captions_file: CSV or JSONL of (file, caption); ``file`` is relative to ``audio_folder``.
     seconds: clip length (default: the model's window); clips are cropped from the start or zero-padded,
     and ``seconds_total`` records the real (unpadded) duration. Files must be at the model's sample rate
-    unless ``resample=True`` (``arc_fast.pipeline.resample``'s windowed sinc; linear interpolation if absent).
+    unless ``resample=True`` (``arc_fast.audio.resample``). Channels follow ``arc_fast.audio.remix`` (mono is
+    copied, to mono channels are averaged, else the first channels are kept or repeated).
     sample_latents: draw from the VAE posterior (default: its mean, deterministic).
     """
     sr, hop = pipeline.sample_rate, pipeline.hop
@@ -315,7 +296,10 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
         else:
             lat = (enc.encode(audio, sample=sample_latents).float() / scale).cpu()
         for j, (_, cap, sec, fname) in enumerate(pending):
-            buf_lat.append(lat[j]); buf_p.append(cap); buf_s.append(sec); buf_f.append(fname)
+            buf_lat.append(lat[j])
+            buf_p.append(cap)
+            buf_s.append(sec)
+            buf_f.append(fname)
         pending.clear()
 
     it = pairs
@@ -326,7 +310,7 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
         path = fname if os.path.isabs(fname) else os.path.join(audio_folder, fname)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{captions_file}: audio file not found: {path}")
-        audio = _load_audio(path, sr, channels, resample)
+        audio = read_audio(path, sr, channels, resample)
         dur = min(audio.shape[-1], window) / sr
         audio = audio[:, :window]
         if audio.shape[-1] < window:
@@ -350,7 +334,8 @@ def write_shard(path: str, latents: torch.Tensor, prompts: list[str], seconds_to
     """Write one shard (latents (N, C, T) + prompts in the metadata), atomically. Returns ``path``."""
     from safetensors.torch import save_file
     if latents.dim() != 3 or latents.shape[0] != len(prompts):
-        raise ValueError(f"latents must be (N, C, T) with N = len(prompts) = {len(prompts)}, got {tuple(latents.shape)}")
+        raise ValueError(f"latents must be (N, C, T) with N = len(prompts) = {len(prompts)}, "
+                         f"got {tuple(latents.shape)}")
     meta = {"prompts": json.dumps(list(prompts))}
     if seconds_total is not None:
         meta["seconds_total"] = json.dumps([float(s) for s in seconds_total])
