@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["CPUFeatures", "Precisions", "cpu_features", "probe", "choose_precisions", "physical_cores",
-           "quantize_dit_int8", "torchao_available", "MIN_SPEEDUP", "MIN_AUDIO_SNR_DB"]
+           "quantize_dit_int8", "set_dit_precision", "is_int8", "torchao_available", "MIN_SPEEDUP",
+           "MIN_AUDIO_SNR_DB"]
 
 # bf16 must be this much faster than fp32 to be worth its rounding (a 10-20 % gain is within run-to-run noise
 # on shared machines, and bf16 costs ~40 dB less headroom than fp32).
@@ -172,7 +173,6 @@ def _best_time(fn, reps: int = 3) -> float:
 def _measure() -> dict:
     """bf16-over-fp32 speed ratios of a DiT-shaped linear and a decoder-shaped channels-last conv (one thread,
     so that the other core's load disturbs it less)."""
-    from .ops.snake_conv import channels_last_weight, to_channels_last_1d, _conv_cl
     g = torch.Generator().manual_seed(0)
     out = {}
     prev = torch.get_num_threads()
@@ -186,11 +186,13 @@ def _measure() -> dict:
             t16 = _best_time(lambda: F.linear(xb, wb))
             out["linear_bf16_speedup"] = t32 / t16
             out["linear_fp32_gflops"] = 2 * 257 * 1024 * 1024 / t32 / 1e9
-            h = to_channels_last_1d(torch.randn(1, 128, 8192, generator=g))
-            k = channels_last_weight(torch.randn(128, 128, 7, generator=g) * 0.03)
-            c32 = _best_time(lambda: _conv_cl(h, k, None, 3))
+            # The decoder's CPU layout (ops.snake_conv's channels-last path): (B, C, 1, T) views of (B, T, C) data.
+            cl = torch.channels_last
+            h = torch.randn(1, 128, 1, 8192, generator=g).contiguous(memory_format=cl)
+            k = (torch.randn(128, 128, 1, 7, generator=g) * 0.03).contiguous(memory_format=cl)
+            c32 = _best_time(lambda: F.conv2d(h, k, None, padding=(0, 3)))
             hb, kb = h.bfloat16(), k.bfloat16()
-            c16 = _best_time(lambda: _conv_cl(hb, kb, None, 3))
+            c16 = _best_time(lambda: F.conv2d(hb, kb, None, padding=(0, 3)))
             out["conv_bf16_speedup"] = c32 / c16
     finally:
         torch.set_num_threads(prev)
@@ -332,6 +334,24 @@ def quantize_dit_int8(dit: torch.nn.Module) -> torch.nn.Module:
         quantize_(dit, Int8DynamicActivationInt8WeightConfig(), filter_fn=keep)
     dit._arc_fast_int8 = True
     return dit
+
+
+def set_dit_precision(dit: torch.nn.Module, dtype, device: torch.device) -> tuple[torch.dtype, str]:
+    """Put ``dit`` (in place) in ``dtype``: a torch dtype casts it, "int8" quantises it (CPU only, torchao,
+    not reversible). Returns (the dtype its activations run in, the precision's name)."""
+    from .dtypes import dtype_name
+    if dtype == "int8":
+        if device.type != "cpu":
+            raise ValueError("dtype='int8' (torchao dynamic int8) is a CPU path; use bf16 or fp16 on CUDA")
+        if not is_int8(dit):
+            quantize_dit_int8(dit.float())
+        return torch.float32, "int8"     # fp32 activations between the int8 GEMMs
+    if is_int8(dit):
+        if dtype != torch.float32:
+            raise ValueError(f"the DiT is int8-quantised; it cannot be cast to {dtype} (reload the model)")
+        return torch.float32, "int8"
+    dit.to(dtype=dtype)
+    return dtype, dtype_name(dtype)
 
 
 def is_int8(dit: torch.nn.Module) -> bool:

@@ -31,13 +31,11 @@ from torch import nn
 
 from . import audio as _audio
 from . import cuda_graphs, guards, sampling
+from .cpu import set_dit_precision
+from .dtypes import DTYPES, dtype_name, parse_dtype  # noqa: F401 - public here too
 from .guards import SILENCE_PEAK, GenerationError, NonFiniteError  # noqa: F401 - public here too
 from .loader import PREFIXES, refresh_weight_norm, save_json, save_safetensors
 from .reference.conditioners import MultiConditioner, assemble_dit_inputs
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
 
 @dataclass
 class Timings:
@@ -64,27 +62,6 @@ class Timings:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def parse_dtype(value, allow_int8: bool = False) -> torch.dtype | str | None:
-    """'fp32'|'fp16'|'bf16' (or a torch.dtype, or None) -> torch.dtype | None; 'int8' -> "int8" where
-    ``allow_int8`` (the DiT on the CPU); 'auto' -> None (the caller's automatic choice)."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    key = str(value).lower()
-    if key == "auto":
-        return None
-    if allow_int8 and key == "int8":
-        return "int8"
-    if key not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, fp32, fp16, bf16{', int8' if allow_int8 else ''}, got {value!r}")
-    return DTYPES[key]
-
-
-def dtype_name(dtype) -> str:
-    """torch.dtype (or "int8") -> "fp32" | "bf16" | "fp16" | "int8"."""
-    return dtype if isinstance(dtype, str) else {torch.float32: "fp32", torch.float16: "fp16",
-                                                 torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 def full_state_dict(dit: nn.Module, autoencoder: nn.Module, conditioner: nn.Module) -> dict[str, torch.Tensor]:
@@ -177,21 +154,8 @@ class Pipeline:
         for m in (self.dit, self.autoencoder, self.conditioner):
             m.to(device=self.device)
         dtype = parse_dtype(dtype, allow_int8=True)
-        from .cpu import is_int8, quantize_dit_int8
-        if dtype == "int8":
-            if self.device.type != "cpu":
-                raise ValueError("dtype='int8' (torchao dynamic int8) is a CPU path; use bf16 or fp16 on CUDA")
-            if not is_int8(self.dit):
-                quantize_dit_int8(self.dit.float())
-            self.dtype = torch.float32   # activations between the int8 GEMMs
-            self.dit_precision = "int8"
-        elif dtype is not None:
-            if is_int8(self.dit) and dtype != torch.float32:
-                raise ValueError(f"the DiT is int8-quantised; it cannot be cast to {dtype} (reload the model)")
-            if not is_int8(self.dit):
-                self.dit.to(dtype=dtype)
-            self.dtype = dtype
-            self.dit_precision = "int8" if is_int8(self.dit) else dtype_name(dtype)
+        if dtype is not None:
+            self.dtype, self.dit_precision = set_dit_precision(self.dit, dtype, self.device)
         ae = parse_dtype(autoencoder_dtype)
         if ae is None and dtype is not None:
             ae = dtype if self.device.type == "cuda" else torch.float32
