@@ -281,14 +281,76 @@ def _is_safetensors(path: str) -> bool:
     return head[8:9] == b"{" and 0 < size < os.path.getsize(path)
 
 
+#: First line of a checkpoint pointer file (the trainer's ``last.pt``): the next line names the checkpoint.
+POINTER_MAGIC = b"arc-fast checkpoint pointer v1\n"
+
+
+def resolve_pointer(path: str) -> str:
+    """``path`` itself, or, when it is a checkpoint pointer file, the file it names (a name in the same folder).
+
+    Raises CheckpointError for a malformed pointer and FileNotFoundError when the named file is gone."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(POINTER_MAGIC) + 1024)
+    except OSError:
+        return path
+    if not head.startswith(POINTER_MAGIC):
+        return path
+    name = head[len(POINTER_MAGIC):].decode("utf-8", "replace").strip()
+    if not name or "\n" in name or name in (".", "..") or "/" in name or "\\" in name:
+        raise CheckpointError(f"{path}: malformed checkpoint pointer (expected one file name in the same folder)")
+    target = os.path.join(os.path.dirname(path), name)
+    if not os.path.isfile(target):
+        raise FileNotFoundError(f"{path} points to {name}, which is missing (resume from another step-*.pt file)")
+    return target
+
+
+def write_pointer(path: str, target: str) -> None:
+    """Atomically make ``path`` a pointer to ``target`` (a file in the same folder): written beside, fsynced,
+    renamed over ``path``. Unlike a hard link, damaging one file never damages the other."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.dirname(os.path.abspath(target)) != directory:
+        raise ValueError(f"a checkpoint pointer must name a file in its own folder, got {target}")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(POINTER_MAGIC + os.path.basename(target).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_file(path: str) -> tuple[tp.Any, dict, list[str]]:
     """The stored object of a checkpoint file, its safetensors metadata ({} for pickles), and notes.
+    A checkpoint pointer (the trainer's ``last.pt``) is followed to the file it names.
 
     ``.safetensors`` -> a flat {key: tensor}; ``.ckpt``/``.pt``/``.pth``/``.bin`` -> whatever was pickled
     (tensors on the CPU). Raises FileNotFoundError / CheckpointError (unreadable) with the path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     notes: list[str] = []
+    target = resolve_pointer(path)
+    if target != path:
+        notes.append(f"{os.path.basename(path)} points to {os.path.basename(target)}")
+        path = target
     if _is_safetensors(path):
         try:
             from safetensors import safe_open

@@ -207,3 +207,162 @@ def test_payloads_are_live_under_a_plain_unpickler(tmp_path):
                        text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == [w for name in LIVE for w in (name, "True")], r.stdout + r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------- trainer checkpoints
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained micro run (2 steps, keep_checkpoints 2): (trainer, pipeline, data folder, root)."""
+    from test_train_loop import make_cfg, random_pipeline as train_pipeline
+    from arc_fast.train import ARCTrainer, write_shard
+    root = tmp_path_factory.mktemp("run")
+    data = root / "data"
+    data.mkdir()
+    g = torch.Generator().manual_seed(0)
+    write_shard(str(data / "s.safetensors"), torch.randn(4, 16, 8, generator=g), ["a", "b", "c", "d"], [1.0] * 4)
+    pipe = train_pipeline()
+    pipe.save(str(root / "model"))  # the run's base model (a trainer checkpoint names it)
+    tr = ARCTrainer(make_cfg(root / "out", str(data), model=str(root / "model")), pipeline=pipe)
+    tr.train(2)
+    return tr, pipe, str(data), root
+
+
+def _trainer(run, out, resume=False, **kw):
+    from test_train_loop import make_cfg
+    from arc_fast.train import ARCTrainer
+    _, pipe, data, _ = run
+    return ARCTrainer(make_cfg(out, kw.pop("data", data), **kw), pipeline=pipe, resume=resume)
+
+
+def test_last_pt_is_an_atomic_pointer_not_a_hard_link(run):
+    from arc_fast.loader import POINTER_MAGIC
+    tr, *_ = run
+    folder = os.path.dirname(tr.checkpoint_path("last"))
+    assert sorted(os.listdir(folder)) == ["last.pt", "step-00000002.pt"]
+    last, step = os.path.join(folder, "last.pt"), os.path.join(folder, "step-00000002.pt")
+    assert os.stat(last).st_ino != os.stat(step).st_ino and os.stat(step).st_nlink == 1
+    assert open(last, "rb").read() == POINTER_MAGIC + b"step-00000002.pt\n"
+    # Every reader follows it: weights_only load of the target, the model loader, the trainer.
+    assert torch.load(step, weights_only=True)["format"] == 2
+    q = load_pipeline(last, device="cpu", fast=False)
+    assert any("last.pt points to step-00000002.pt" in n for n in q.load_notes)
+
+
+def test_resume_follows_the_pointer_and_old_hard_linked_runs_still_resume(run, tmp_path):
+    import numpy as np
+    from arc_fast.train.distributed import state_digest
+    tr, *_ = run
+    src = tr.checkpoint_path("last")
+    resumed = _trainer(run, tmp_path / "a")
+    resumed.load_checkpoint(src)
+    assert resumed.step == 2 and state_digest(resumed.G_raw) == state_digest(tr.G_raw)
+    # A format-1 run: NumPy's RNG state pickled as an array (not weights_only-loadable), last.pt a hard link.
+    state = torch.load(os.path.join(os.path.dirname(src), "step-00000002.pt"), weights_only=True)
+    ns = state["ranks"][0]["rng"]["numpy"]
+    state["ranks"][0]["rng"]["numpy"] = (ns["kind"], ns["keys"].numpy().astype(np.uint32), ns["pos"],
+                                         ns["has_gauss"], ns["cached_gaussian"])
+    state["format"] = 1
+    old = tmp_path / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    torch.save(state, old / "step-00000002.pt")
+    os.link(old / "step-00000002.pt", old / "last.pt")
+    legacy = _trainer(run, tmp_path / "old")
+    np.random.seed(123)
+    legacy.load_checkpoint(str(old / "last.pt"))
+    assert legacy.step == 2 and state_digest(legacy.ema) == state_digest(tr.ema)
+    assert np.array_equal(np.random.get_state()[1], state["ranks"][0]["rng"]["numpy"][1])
+
+
+@pytest.mark.parametrize("via", ["file", "last.pt pointer", "last.pt file"])
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_resume_never_runs_or_patches(guard, run, tmp_path, name, via):
+    tr, *_ = run
+    good = torch.load(os.path.join(os.path.dirname(tr.checkpoint_path("last")), "step-00000002.pt"),
+                      weights_only=True)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for fmt in (2, 1):  # format 1 is read through the inert unpickler: the payload must stay inert there too
+        step = hostile_save({**good, "format": fmt}, folder / "step-00000002.pt", payloads(guard)[name])
+        path = step
+        if via == "last.pt pointer":
+            from arc_fast.loader import write_pointer
+            path = str(folder / "last.pt")
+            write_pointer(path, step)
+        elif via == "last.pt file":
+            path = str(folder / "last.pt")
+            os.replace(step, path)
+        _load_or_refuse(lambda: tr.load_checkpoint(path), path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda s: s.pop("fsdp"), r"lacks 'fsdp'"),
+    (lambda s: s.update(format=7), r"not an arc_fast ARC checkpoint \(format 7"),
+    (lambda s: s["D"].update({k: torch.zeros(3, 5) for k in list(s["D"])[:1]}),
+     r"'D' does not fit this run's model: .*: checkpoint \(3, 5\) float32, model \("),
+    (lambda s: s["G"].pop(next(iter(s["G"]))), r"'G' does not fit .*missing "),
+    (lambda s: s["ema"].update({k: v.int() for k, v in list(s["ema"].items())[:1]}), r"int32, model .* float32"),
+    (lambda s: s["G"].update({k: torch.full_like(v, float("nan")) for k, v in s["G"].items() if k.endswith("beta")}),
+     r"G\[.*beta'\] holds NaN/Inf"),
+    (lambda s: s["opt_d"]["param_groups"][0]["params"].pop(), r"'opt_d' has parameter groups of \[\d+\] tensors"),
+    (lambda s: s["opt_g"]["state"][0].update(exp_avg=torch.zeros(1, 2, 3)), r"opt_g state 'exp_avg' of .*\(1, 2, 3\)"),
+])
+def test_resume_errors_name_the_entry_and_shapes(run, tmp_path, capsys, damage, match):
+    tr, *_ = run
+    state = torch.load(os.path.join(os.path.dirname(tr.checkpoint_path("last")), "step-00000002.pt"),
+                       weights_only=True)
+    damage(state)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match=match) as err:
+        _trainer(run, tmp_path / "x", resume=str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_nan_layernorm_beta_is_called_damaged_not_non_zero():
+    from arc_fast.models.dit import FastDiT
+    dit = FastDiT(io_channels=4, embed_dim=32, depth=1, num_heads=1, cond_token_dim=0, global_cond_dim=0)
+    with torch.no_grad():
+        dit.transformer.layers[0].pre_norm.beta.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"layers\.0\.pre_norm\.beta holds NaN/Inf values: the DiT weights are damaged"):
+        dit(torch.randn(1, 4, 8), torch.rand(1))
+
+
+# ------------------------------------------------------------------------------------- trainer data
+
+def _write_bad_seconds(folder, seconds):
+    from arc_fast.train import write_shard
+    folder.mkdir()
+    path = folder / "s.safetensors"
+    write_shard(str(path), torch.randn(2, 16, 8), ["a", "b"])
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(str(path)), str(path), metadata={"prompts": '["a", "b"]', "seconds_total": seconds})
+    return path
+
+
+@pytest.mark.parametrize("seconds", ["[1.0, NaN]", "[1.0, Infinity]", "[1.0, -2]", '[1.0, "3"]', "[1.0, true]"])
+def test_bad_shard_metadata_names_the_shard_and_leaves_no_run_folder(run, tmp_path, capsys, seconds):
+    import json
+    from arc_fast.train.cli import main as train_main
+    from test_train_loop import make_cfg
+    shard = _write_bad_seconds(tmp_path / "data", seconds)
+    cfg = make_cfg(tmp_path / "out", str(tmp_path / "data"), model=str(tmp_path / "model")).to_dict()
+    run[1].save(str(tmp_path / "model"))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert train_main(["--config", str(tmp_path / "cfg.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(shard) in err and "'seconds_total'[1]" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()  # no empty run folder left behind
+
+
+def test_data_errors_leave_no_run_folder(run, tmp_path):
+    from arc_fast.train import ShardError
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tr = _trainer(run, tmp_path / "out", data=str(empty))
+    with pytest.raises(ShardError, match="no \\*.safetensors shards"):
+        tr.train(2)
+    tr = _trainer(run, tmp_path / "out", batch_size=64)
+    with pytest.raises(ValueError, match="too small for batch_size 64"):
+        tr.train(2)
+    assert not (tmp_path / "out").exists()
