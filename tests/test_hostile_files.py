@@ -366,3 +366,34 @@ def test_data_errors_leave_no_run_folder(run, tmp_path):
     with pytest.raises(ValueError, match="too small for batch_size 64"):
         tr.train(2)
     assert not (tmp_path / "out").exists()
+
+
+# -------------------------------------------------------------------------------------- eval classifier
+
+def test_classifier_round_trips_through_weights_only(tmp_path):
+    from arc_fast.eval.classifier import ParamClassifier, load_classifier, save_classifier
+    model = ParamClassifier()
+    save_classifier(model, {"accuracy": {"family": 0.9}, "steps": 3}, str(tmp_path / "c.pt"))
+    got, info = load_classifier(str(tmp_path / "c.pt"))
+    assert info == {"accuracy": {"family": 0.9}, "steps": 3} and os.listdir(tmp_path) == ["c.pt"]
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), model.state_dict().values()))
+    sd = model.state_dict()
+    sd["embed.weight"] = sd["embed.weight"][:4]
+    torch.save({"state_dict": sd}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: embed\.weight: file \(4, 192\) torch\.float32, model \(32, 192\)"):
+        load_classifier(str(tmp_path / "bad.pt"))
+
+
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_classifier_never_runs_or_patches(guard, tmp_path, capsys, name):
+    from arc_fast import cli
+    from arc_fast.eval.classifier import ParamClassifier, load_classifier
+    path = hostile_save({"state_dict": ParamClassifier().state_dict()}, tmp_path / "clf.pt", payloads(guard)[name])
+    with pytest.raises(ValueError, match=r"(refused|cannot read) classifier .*clf\.pt"):
+        load_classifier(path)
+    (tmp_path / "model").mkdir()
+    out = tmp_path / "eval_out"
+    code = cli.main(["eval", "--base", str(tmp_path / "model"), "--classifier", path, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "clf.pt" in err and "Traceback" not in err, err
+    assert not out.exists()
