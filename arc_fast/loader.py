@@ -281,6 +281,16 @@ def _is_safetensors(path: str) -> bool:
     return head[8:9] == b"{" and 0 < size < os.path.getsize(path)
 
 
+def weights_only_reason(exc: BaseException) -> str:
+    """The one informative line of a ``torch.load(weights_only=True)`` refusal (which global or opcode), without
+    the paragraph of advice around it."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines[1:]:
+        if not ln.startswith(("Check the documentation", "Please file an issue", "(1)", "(2)", "In PyTorch")):
+            return ln.replace("WeightsUnpickler error: ", "")[:300]
+    return lines[0][:300] if lines else exc.__class__.__name__
+
+
 #: First line of a checkpoint pointer file (the trainer's ``last.pt``): the next line names the checkpoint.
 POINTER_MAGIC = b"arc-fast checkpoint pointer v1\n"
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data.synthetic import (CHORD_ROOTS, FAMILIES, MODULATIONS, PITCHES, QUALITIES, RHYTHMS, SAMPLE_RATE, TEMPOS,
                               WAVES, make_clip)
+from ..loader import weights_only_reason
 
 #: attribute -> class names ("none" first where the attribute can be absent).
 HEADS: dict[str, list[str]] = {
@@ -164,15 +165,6 @@ def train_classifier(n: int = 2000, steps: int = 600, batch: int = 64, seed: int
     return model, info
 
 
-def _unpickler_reason(exc: Exception) -> str:
-    """The one useful line of torch's weights_only refusal (its message is a paragraph of advice)."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        return text.split(marker, 1)[1].strip().split("\n")[0].split(". ")[0].strip()
-    return (text.splitlines() or [exc.__class__.__name__])[0]
-
-
 def save_classifier(model: ParamClassifier, info: dict, path: str) -> None:
     """Write ``{"state_dict", "info"}`` atomically (beside, fsync, rename): tensors and plain values only, so
     ``load_classifier`` reads it with ``torch.load(weights_only=True)``."""
@@ -202,9 +194,9 @@ def load_classifier(path: str) -> tuple[ParamClassifier, dict]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(f"refused classifier {path}: it holds pickled objects other than tensors "
-                         f"({_unpickler_reason(exc)}); nothing from the file was run") from exc
+                         f"({weights_only_reason(exc)}); nothing from the file was run") from exc
     except Exception as exc:  # noqa: BLE001 - any decoding failure is one line naming the file
-        raise ValueError(f"cannot read classifier {path}: {exc.__class__.__name__}: {_unpickler_reason(exc)}") from exc
+        raise ValueError(f"cannot read classifier {path}: {exc.__class__.__name__}: {weights_only_reason(exc)}") from exc
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
         raise ValueError(f"{path} is not an arc_fast classifier (a dict with a 'state_dict'; arc-fast eval trains one)")
     model = ParamClassifier()

@@ -48,7 +48,8 @@ import warnings
 import numpy as np
 import torch
 
-from ..loader import CheckpointError, fsync_dir, read_file, resolve_pointer, write_pointer
+from ..loader import (CheckpointError, fsync_dir, read_file, resolve_pointer, weights_only_reason,
+                      write_pointer)
 from ..reference.conditioners import assemble_dit_inputs
 from . import distributed as D
 from .config import TrainConfig
@@ -138,14 +139,15 @@ def read_checkpoint_file(path: str) -> dict:
         raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as refusal:
         try:
             state = read_file(target)[0]
         except (CheckpointError, OSError) as exc:
             raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
         if not (isinstance(state, dict) and state.get("format") == 1):
-            raise RuntimeError(f"cannot read checkpoint {path}: it holds pickled objects other than tensors (only "
-                               f"format-1 arc_fast checkpoints may)")
+            raise RuntimeError(f"refused checkpoint {path}: it holds pickled objects other than tensors "
+                               f"({weights_only_reason(refusal)}; only format-1 arc_fast checkpoints may); nothing "
+                               f"from the file was run") from refusal
     except Exception as exc:  # noqa: BLE001 - any decoding failure is one error naming the file
         raise RuntimeError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") not in _READABLE_FORMATS:
