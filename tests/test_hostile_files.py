@@ -397,3 +397,50 @@ def test_classifier_never_runs_or_patches(guard, tmp_path, capsys, name):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "clf.pt" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ FastDiT inputs
+
+def _fast_dit():
+    from test_fast_dit import _inputs, _pair
+    _, fast = _pair({"use_cross_attn_mask": True})
+    return fast, _inputs()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda i: i.update(x=i["x"].long()), r"x must be a floating-point tensor .*got torch\.int64"),
+    (lambda i: i.update(t=i["t"] > 0.5), r"t must be a float tensor of noise levels, got torch\.bool"),
+    (lambda i: i.update(cross_attn_cond_mask=i["cross_attn_cond_mask"][:, :3]),
+     r"cross_attn_cond_mask must have shape \(2, 5\) .*got \(2, 3\)"),
+    (lambda i: i.update(cross_attn_cond_mask=i["cross_attn_cond_mask"][:1]), r"cross_attn_cond_mask must have shape"),
+    (lambda i: i.update(mask=torch.ones(2, 3, dtype=torch.bool)), r"mask must have shape \(2, 10\), got \(2, 3\)"),
+    (lambda i: i.update(cfg_scale=float("nan")), r"cfg_scale must be finite, got nan"),
+    (lambda i: i.update(cfg_scale=float("inf")), r"cfg_scale must be finite, got inf"),
+    (lambda i: i.update(cfg_scale="3"), r"cfg_scale must be a number, got str"),
+])
+def test_fast_dit_rejects_bad_inputs_by_name(change, match):
+    fast, inp = _fast_dit()
+    change(inp)
+    with pytest.raises(ValueError, match=match), torch.no_grad():
+        fast(inp.pop("x"), inp.pop("t"), **inp)
+
+
+def test_fast_dit_finiteness_check_is_opt_in_and_compile_friendly():
+    fast, inp = _fast_dit()
+    x, t = inp.pop("x"), inp.pop("t")
+    bad_x = x.clone()
+    bad_x[1, 2, 3] = float("nan")
+    with torch.no_grad():
+        assert not torch.isfinite(fast(bad_x, t, **inp)).all()  # default: off (the samplers' guard names the step)
+        for mode in (None, True):  # None: CPU inputs only; True: every device
+            fast.check_finite = mode
+            with pytest.raises(ValueError, match=r"x holds NaN/Inf values \(non-finite input"):
+                fast(bad_x, t, **inp)
+            with pytest.raises(ValueError, match=r"t holds NaN/Inf values"):
+                fast(x, torch.tensor([0.5, float("inf")]), **inp)
+        expect = fast(x, t, **inp)
+        torch._dynamo.reset()
+        compiled = torch.compile(fast, backend="eager", fullgraph=True)  # no graph break from the checks
+        torch.testing.assert_close(compiled(x, t, **inp), expect, rtol=1e-6, atol=1e-6)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            torch.testing.assert_close(compiled(x + 1, t, **inp), fast(x + 1, t, **inp), rtol=1e-6, atol=1e-6)
