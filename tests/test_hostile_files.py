@@ -444,3 +444,114 @@ def test_fast_dit_finiteness_check_is_opt_in_and_compile_friendly():
         torch.testing.assert_close(compiled(x, t, **inp), expect, rtol=1e-6, atol=1e-6)
         with torch._dynamo.config.patch(error_on_recompile=True):
             torch.testing.assert_close(compiled(x + 1, t, **inp), fast(x + 1, t, **inp), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ CLI values
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    p = random_pipeline(micro_config(arc=True), seed=0)
+    d = tmp_path_factory.mktemp("micro") / "m"
+    p.save(str(d))
+    return str(d)
+
+
+def _cli(capsys, *args):
+    from arc_fast import cli
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_failure(code, err, *needles):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code not in (0, None) and len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--steps", "1000000"], "--steps: must be <= 1000"),
+    (["--steps", "0"], "--steps: must be >= 1"),
+    (["--steps", "2.5"], "--steps: not an integer"),
+    (["--batch-size", "1000000000000"], "--batch-size: must be <= 64"),
+    (["--cfg-scale", "nan"], "--cfg-scale: must be a finite number"),
+    (["--cfg-scale=-inf"], "--cfg-scale: must be a finite number"),
+    (["--seconds", "inf"], "--seconds: must be > 0 and finite"),
+    (["--seconds", "nan"], "--seconds: must be > 0 and finite"),
+    (["--seed", "1.5"], "--seed: not an integer"),
+    (["--seed", str(2 ** 64)], "--seed: must be an integer in"),
+    (["--init-noise-level", "nan"], "--init-noise-level: must be > 0"),
+    (["--dit", "MISSING/dit.safetensors"], "--dit not found: MISSING/dit.safetensors"),
+    (["--autoencoder", "DIR"], "--autoencoder not a file: DIR"),
+    (["--config", "MISSING/model_config.json"], "--config not found"),
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
+    (["-o", "MISSING/x.wav"], "output folder does not exist"),
+])
+def test_generate_values_are_refused_before_any_work(capsys, monkeypatch, tmp_path, args, needle):
+    import arc_fast.pipeline
+
+    def no_work(*a, **k):
+        raise AssertionError("a model was loaded before the options were checked")
+    monkeypatch.setattr(arc_fast.pipeline, "load_pipeline", no_work)
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"old take")
+    args = [a.replace("MISSING", str(tmp_path / "missing")).replace("DIR", str(tmp_path)) for a in args]
+    needle = needle.replace("MISSING", str(tmp_path / "missing")).replace("DIR", str(tmp_path))
+    code, _, err = _cli(capsys, "generate", "a tone", "-o", str(out), "--quiet", *args)
+    _one_line_failure(code, err, needle)
+    assert out.read_bytes() == b"old take" and sorted(os.listdir(tmp_path)) == ["out.wav"]
+
+
+def test_seconds_shorter_than_a_latent_frame(capsys, micro_model, tmp_path):
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "a.wav"), "--model", micro_model, "--quiet",
+                        "--seconds", "1e-9")
+    _one_line_failure(code, err, "--seconds 1e-09 is shorter than one latent frame (0.0040 s = 32 samples at 8000 Hz)")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("err_no, needle", [
+    (28, "No space left on device: {path} (free some space or write elsewhere)"),
+    (13, "Permission denied: {path} (check the permissions or write elsewhere)"),
+])
+def test_os_errors_name_the_path_and_a_batch_is_all_or_nothing(capsys, monkeypatch, micro_model, tmp_path, err_no,
+                                                                needle):
+    (tmp_path / "b_0.wav").write_bytes(b"old take 0")
+    real_fsync, calls = os.fsync, []
+
+    def failing_fsync(fd):  # the second clip's write fails, after the first one's temporary file is complete
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(err_no, os.strerror(err_no))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "b.wav"), "--model", micro_model, "--quiet",
+                        "--seconds", "0.05", "--steps", "1", "--short-window", "--reference", "--batch-size", "2")
+    _one_line_failure(code, err, needle.format(path=tmp_path / "b_1.wav"))
+    assert sorted(os.listdir(tmp_path)) == ["b_0.wav"] and (tmp_path / "b_0.wav").read_bytes() == b"old take 0"
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    code, out, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "b.wav"), "--model", micro_model, "--quiet",
+                          "--seconds", "0.05", "--steps", "1", "--short-window", "--reference", "--batch-size", "2")
+    assert code == 0 and sorted(os.listdir(tmp_path)) == ["b_0.wav", "b_1.wav"], err
+
+
+def test_convert_names_a_missing_dit_file(capsys, tmp_path):
+    code, _, err = _cli(capsys, "convert", "-o", str(tmp_path / "out"), "--dit", str(tmp_path / "missing.safetensors"))
+    _one_line_failure(code, err, f"--dit not found: {tmp_path / 'missing.safetensors'}")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["reduce-os-system", "build-counter-missing", "newobj-probe-setstate"])
+def test_convert_cli_never_runs_or_patches(guard, capsys, micro, tmp_path, name):
+    ckpt = hostile_save({"state_dict": micro.state_dict()}, tmp_path / "model.ckpt", payloads(guard)[name])
+    import json
+    (tmp_path / "model_config.json").write_text(json.dumps(micro.config))
+    code, out, err = _cli(capsys, "convert", ckpt, "-o", str(tmp_path / "out"))
+    if code == 0:  # the payload was inert: the model converted, with a note saying so
+        assert "no code from the file was run" in out
+    else:
+        _one_line_failure(code, err, "refused checkpoint", "model.ckpt")
+        assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
