@@ -267,8 +267,9 @@ def _generate(args) -> int:
                          ema=args.ema, arc_post_trained=_kind(args))
     _notes(pipe.load_notes, args.quiet)
     if args.seconds is not None and args.seconds * pipe.sample_rate < pipe.hop:
-        raise CLIError(f"--seconds {args.seconds:g} is shorter than one latent frame ({pipe.hop / pipe.sample_rate:.4f} s "
-                       f"= {pipe.hop} samples at {pipe.sample_rate} Hz); no file written")
+        frame = pipe.hop / pipe.sample_rate
+        raise CLIError(f"--seconds {args.seconds:g} is shorter than one latent frame ({frame:.4f} s = {pipe.hop} "
+                       f"samples at {pipe.sample_rate} Hz); no file written")
     if args.compile:
         pipe.compile()
     try:
@@ -286,7 +287,8 @@ def _generate(args) -> int:
         raise CLIError(f"out of memory generating {args.batch_size} clip(s) on {pipe.device.type} (lower --batch-size "
                        f"or --seconds); no file written") from exc
     if audio.shape[0] != len(outputs):
-        raise CLIError(f"the model returned {audio.shape[0]} clip(s) for --batch-size {args.batch_size}; no file written")
+        raise CLIError(f"the model returned {audio.shape[0]} clip(s) for --batch-size {args.batch_size}; "
+                       f"no file written")
     if not torch.isfinite(audio).all():  # the pipeline's guard catches this first; kept as the last line of defence
         raise CLIError("the model produced NaN/Inf audio (try --dtype fp32); no file written")
     peak = audio.abs().amax().item()

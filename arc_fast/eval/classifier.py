@@ -196,7 +196,8 @@ def load_classifier(path: str) -> tuple[ParamClassifier, dict]:
         raise ValueError(f"refused classifier {path}: it holds pickled objects other than tensors "
                          f"({weights_only_reason(exc)}); nothing from the file was run") from exc
     except Exception as exc:  # noqa: BLE001 - any decoding failure is one line naming the file
-        raise ValueError(f"cannot read classifier {path}: {exc.__class__.__name__}: {weights_only_reason(exc)}") from exc
+        raise ValueError(f"cannot read classifier {path}: {exc.__class__.__name__}: "
+                         f"{weights_only_reason(exc)}") from exc
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
         raise ValueError(f"{path} is not an arc_fast classifier (a dict with a 'state_dict'; arc-fast eval trains one)")
     model = ParamClassifier()

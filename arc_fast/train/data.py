@@ -8,8 +8,9 @@ Shard format (one ``*.safetensors`` file per shard):
 
 ``LatentDataset`` checks every shard when it is opened (header only: the latents are read lazily per item)
 and raises ``ShardError`` naming the file for a missing key, wrong rank or channel count, a prompt count
-that differs from N, a ``seconds_total`` that is not a finite number >= 0, or non-finite latents. ``build_latent_dataset`` writes such shards from an audio
-folder and a captions file with the pipeline's autoencoder.
+that differs from N, a ``seconds_total`` that is not a finite number >= 0, or non-finite latents.
+``build_latent_dataset`` writes such shards from an audio folder and a captions file with the pipeline's
+autoencoder.
 
 ``ResumableBatchSampler`` gives each process its slice of a seeded per-epoch shuffle (through
 ``torch.utils.data.DistributedSampler``) and can start at any batch, so a resumed run reads the same batches
