@@ -8,8 +8,9 @@ Shard format (one ``*.safetensors`` file per shard):
 
 ``LatentDataset`` checks every shard when it is opened (header only: the latents are read lazily per item)
 and raises ``ShardError`` naming the file for a missing key, wrong rank or channel count, a prompt count
-that differs from N, or non-finite latents. ``build_latent_dataset`` writes such shards from an audio
-folder and a captions file with the pipeline's autoencoder.
+that differs from N, a ``seconds_total`` that is not a finite number >= 0, or non-finite latents.
+``build_latent_dataset`` writes such shards from an audio folder and a captions file with the pipeline's
+autoencoder.
 
 ``ResumableBatchSampler`` gives each process its slice of a seeded per-epoch shuffle (through
 ``torch.utils.data.DistributedSampler``) and can start at any batch, so a resumed run reads the same batches
@@ -51,6 +52,12 @@ def _read_header(path: str):
     return keys, meta, shape, dtype
 
 
+def _check_seconds(value, where: str) -> None:
+    # JSON parses NaN and Infinity; the conditioner would turn them into a non-finite loss steps later.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ShardError(f"{where} must be a finite number of seconds >= 0, got {value!r}")
+
+
 def _read_records(path: str, meta: dict, n: int) -> list[dict]:
     side = os.path.splitext(path)[0] + SIDE_SUFFIX
     if "prompts" in meta:
@@ -61,9 +68,10 @@ def _read_records(path: str, meta: dict, n: int) -> list[dict]:
             raise ShardError(f"{path}: metadata 'prompts'/'seconds_total' is not valid JSON ({exc})") from exc
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise ShardError(f"{path}: metadata 'prompts' must be a JSON list of strings")
-        if seconds is not None and (not isinstance(seconds, list) or len(seconds) != len(prompts)
-                                    or not all(isinstance(s, (int, float)) for s in seconds)):
+        if seconds is not None and (not isinstance(seconds, list) or len(seconds) != len(prompts)):
             raise ShardError(f"{path}: metadata 'seconds_total' must be a JSON list of {len(prompts)} numbers")
+        for i, sec in enumerate(seconds or []):
+            _check_seconds(sec, f"{path}: metadata 'seconds_total'[{i}]")
         records = [{"prompt": p, "seconds_total": None if seconds is None else float(s)}
                    for p, s in zip(prompts, seconds or [None] * len(prompts))]
     elif os.path.isfile(side):
@@ -79,6 +87,8 @@ def _read_records(path: str, meta: dict, n: int) -> list[dict]:
                 if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
                     raise ShardError(f"{side}: line {ln} needs a string 'prompt'")
                 sec = rec.get("seconds_total")
+                if sec is not None:
+                    _check_seconds(sec, f"{side}: line {ln} 'seconds_total'")
                 records.append({"prompt": rec["prompt"], "seconds_total": None if sec is None else float(sec)})
     else:
         raise ShardError(f"{path}: no prompts (neither a 'prompts' metadata entry nor a sidecar {side})")
