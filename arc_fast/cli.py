@@ -68,9 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="arc-fast", description="Fast text-to-audio generation (ARC, fused kernels)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="generate a wav from a text prompt (optionally from init audio)")
-    g.add_argument("prompt", help="text prompt")
-    g.add_argument("-o", "--output", default="out.wav", help="output .wav path (default out.wav)")
+    g = sub.add_parser("generate", help="generate audio from a text prompt, or one clip per line of --prompts FILE")
+    g.add_argument("prompt", nargs="?", default=None, help="text prompt (or --prompts FILE)")
+    g.add_argument("--prompts", default=None, metavar="FILE",
+                   help="a UTF-8 text file, one prompt per line (blank lines skipped): the model is loaded once, "
+                        "-o names a folder and line i (from 0) becomes NNN.<format> there, with seed --seed + i")
+    g.add_argument("-o", "--output", default=None,
+                   help="output file, its format from the extension: .wav, .flac or .ogg (default out.wav); "
+                        "with --prompts, the output folder (created if missing)")
+    g.add_argument("--format", choices=sorted(AUDIO_FORMATS), default=None,
+                   help="with --prompts: the files' format (default wav)")
     g.add_argument("--seconds", type=_positive_float, default=None,
                    help="length in seconds (default: the init audio's, else the model's window)")
     g.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default per model)")
@@ -120,20 +127,57 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_wav(path: str, audio, sample_rate: int) -> None:
+# Output formats by file extension: (soundfile container, subtype). 16-bit PCM for the lossless ones.
+AUDIO_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
+
+
+def _audio_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in AUDIO_FORMATS:
+        raise CLIError(f"cannot write {path!r}: the output format comes from the extension, one of "
+                       f"{', '.join('.' + e for e in AUDIO_FORMATS)}")
+    return ext
+
+
+def _write_audio(path: str, audio, sample_rate: int) -> None:
+    """Write audio (C, S) float to path atomically (beside it, fsync, rename), format from the extension."""
     import soundfile as sf
 
+    fmt, subtype = AUDIO_FORMATS[_audio_format(path)]
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise CLIError(f"output folder does not exist: {directory} (create it first)")
-    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=directory, prefix=".arc-fast-")
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1], dir=directory, prefix=".arc-fast-")
     os.close(fd)
     try:
-        sf.write(tmp, audio.T.numpy(), sample_rate, subtype="PCM_16")
+        sf.write(tmp, audio.T.numpy(), sample_rate, format=fmt, subtype=subtype)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _for_file(audio):
+    """(C, S) float audio scaled into [-1, 1] when it exceeds it (no clipping in 16-bit files)."""
+    peak = audio.abs().amax().item()
+    return audio / peak if peak > 1.0 else audio
+
+
+def _read_prompts(path: str) -> list[tuple[int, str]]:
+    """(line index from 0, prompt) for each non-blank line of a UTF-8 file."""
+    if not os.path.isfile(path):
+        raise CLIError(f"prompts file not found: {path} (give a text file with one prompt per line)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"prompts file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    prompts = [(i, line.strip()) for i, line in enumerate(lines) if line.strip()]
+    if not prompts:
+        raise CLIError(f"prompts file {path} has no prompt (one prompt per line)")
+    return prompts
 
 
 def _kind(args):
@@ -151,10 +195,27 @@ def _generate(args) -> int:
 
     from .pipeline import GenerationError, load_pipeline
 
-    if not args.output.lower().endswith(".wav"):
-        raise CLIError(f"output must be a .wav file, got {args.output!r}")
-    if not args.prompt.strip():
-        raise CLIError("empty prompt (give a text description of the sound)")
+    if (args.prompt is None) == (args.prompts is None):
+        raise CLIError("give either a prompt or --prompts FILE (one prompt per line)" if args.prompt is None else
+                       "give either a prompt or --prompts FILE, not both")
+    if args.prompts is not None:
+        prompts = _read_prompts(args.prompts)
+        if args.output is None:
+            raise CLIError("--prompts needs -o DIR (the folder the clips are written to)")
+        if os.path.isfile(args.output):
+            raise CLIError(f"with --prompts, -o names a folder; {args.output} is a file")
+        if args.batch_size != 1:
+            raise CLIError("--batch-size applies to one prompt; with --prompts every line is one clip")
+        if args.init_audio is not None:
+            raise CLIError("--init-audio applies to one prompt (drop --prompts or --init-audio)")
+        args.format = args.format or "wav"
+    else:
+        if args.format is not None:
+            raise CLIError("--format applies to --prompts; for one file the extension of -o picks the format")
+        args.output = args.output or "out.wav"
+        _audio_format(args.output)
+        if not args.prompt.strip():
+            raise CLIError("empty prompt (give a text description of the sound)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda but no CUDA device is available (use --device cpu)")
     if args.cuda_graph and (args.device == "cpu" or not torch.cuda.is_available()):
@@ -171,6 +232,8 @@ def _generate(args) -> int:
     _notes(pipe.load_notes, args.quiet)
     if args.compile:
         pipe.compile()
+    if args.prompts is not None:
+        return _generate_many(args, pipe, prompts)
     try:
         audio, sr = pipe(args.prompt, seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
                          sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
@@ -179,20 +242,59 @@ def _generate(args) -> int:
                          cuda_graph=args.cuda_graph)
     except GenerationError as exc:
         raise CLIError(f"{exc}; no file written") from exc
-    outputs = [args.output] if audio.shape[0] == 1 else [
-        f"{os.path.splitext(args.output)[0]}_{i}.wav" for i in range(audio.shape[0])]
+    stem, ext = os.path.splitext(args.output)
+    outputs = [args.output] if audio.shape[0] == 1 else [f"{stem}_{i}{ext}" for i in range(audio.shape[0])]
     if not torch.isfinite(audio).all():  # the pipeline's guard catches this first; kept as the last line of defence
         raise CLIError("the model produced NaN/Inf audio (try --dtype fp32); no file written")
-    peak = audio.abs().amax().item()
-    if peak > 1.0:
-        audio = audio / peak  # avoid clipping in the 16-bit file
+    audio = _for_file(audio)  # one scale for the batch, as before
     for i, path in enumerate(outputs):
-        _write_wav(path, audio[i], sr)
+        _write_audio(path, audio[i], sr)
     t = pipe.last_timings
     sampler = pipe.defaults()["sampler"] if args.sampler is None else args.sampler
     print(f"wrote {', '.join(outputs)}: {audio.shape[1]} ch, {audio.shape[-1] / sr:.2f} s @ {sr} Hz "
           f"({sampler}, device {pipe.device.type})")
     print(f"timings: {t.summary()}")
+    return 0
+
+
+def _generate_many(args, pipe, prompts: list[tuple[int, str]]) -> int:
+    """--prompts: one clip per line with the model loaded once; every file or none.
+
+    Clips are written to a hidden staging folder beside the output folder and moved in only when all of them
+    are done, so a failure (or Ctrl-C) part-way leaves the output folder as it was."""
+    import shutil
+
+    import torch
+    from tqdm import tqdm
+
+    from .pipeline import GenerationError
+
+    out_dir = os.path.abspath(args.output)
+    parent = os.path.dirname(out_dir)
+    if not os.path.isdir(parent):
+        raise CLIError(f"output folder's parent does not exist: {parent} (create it first)")
+    width = max(3, len(str(prompts[-1][0])))
+    names = [f"{i:0{width}d}.{args.format}" for i, _ in prompts]
+    staging = tempfile.mkdtemp(prefix=".arc-fast-", dir=parent)
+    try:
+        bar = tqdm(prompts, desc="clips", unit="clip", disable=args.quiet, file=sys.stderr)
+        for (i, prompt), name in zip(bar, names):
+            seed = args.seed + i
+            try:
+                audio, sr = pipe(prompt, seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
+                                 sampler=args.sampler, seed=seed, short_window=True if args.short_window else None,
+                                 progress=False, cuda_graph=args.cuda_graph)
+            except GenerationError as exc:
+                raise CLIError(f"line {i} ({prompt!r}): {exc}; no file written") from exc
+            if not torch.isfinite(audio).all():
+                raise CLIError(f"line {i} ({prompt!r}): NaN/Inf audio (try --dtype fp32); no file written")
+            _write_audio(os.path.join(staging, name), _for_file(audio[0]), sr)
+        os.makedirs(out_dir, exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {len(names)} clips to {args.output}: {names[0]} .. {names[-1]} ({sr} Hz, seeds {args.seed} + line)")
     return 0
 
 
