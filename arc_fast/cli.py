@@ -204,6 +204,9 @@ def _generate(args) -> int:
             raise CLIError("--prompts needs -o DIR (the folder the clips are written to)")
         if os.path.isfile(args.output):
             raise CLIError(f"with --prompts, -o names a folder; {args.output} is a file")
+        parent = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(parent):  # checked before the model loads
+            raise CLIError(f"output folder's parent does not exist: {parent} (create it first)")
         if args.batch_size != 1:
             raise CLIError("--batch-size applies to one prompt; with --prompts every line is one clip")
         if args.init_audio is not None:
@@ -271,8 +274,6 @@ def _generate_many(args, pipe, prompts: list[tuple[int, str]]) -> int:
 
     out_dir = os.path.abspath(args.output)
     parent = os.path.dirname(out_dir)
-    if not os.path.isdir(parent):
-        raise CLIError(f"output folder's parent does not exist: {parent} (create it first)")
     width = max(3, len(str(prompts[-1][0])))
     names = [f"{i:0{width}d}.{args.format}" for i, _ in prompts]
     staging = tempfile.mkdtemp(prefix=".arc-fast-", dir=parent)

@@ -261,3 +261,11 @@ def test_cli_prompts_file_errors(capsys, micro_dir, tmp_path, setup, args, match
     code, _, err = _main(capsys, "generate", *args, "--prompts", str(path), *out, "--model", str(micro_dir), *GEN_FAST)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "clips").exists()
+
+
+def test_cli_prompts_output_parent_must_exist_before_loading(capsys, micro_dir, tmp_path, monkeypatch):
+    loads = _count_loads(monkeypatch)
+    prompts = _prompts_file(tmp_path, ["a"])
+    code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "no" / "clips"),
+                         "--model", str(micro_dir), *GEN_FAST)
+    assert code == 2 and "parent does not exist" in err and not loads
