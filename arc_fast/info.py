@@ -30,7 +30,7 @@ def backend_status() -> list[tuple[str, bool, str]]:
     except ImportError as exc:
         rows.append(("CUDA extension / CuPy", False, f"arc_fast._cuda missing: {exc}"))
     if importlib.util.find_spec("cupy") is None:
-        rows.append(("cupy", False, "not installed (pip install 'arc-fast[gpu]')"))
+        rows.append(("cupy", False, "not installed (pip install 'arc-fast[gpu]', CUDA 12: 'arc-fast[gpu-cu12]')"))
     else:
         rows.append(("cupy", cuda, "installed" if cuda else "installed, but no CUDA device"))
     if importlib.util.find_spec("flash_attn") is None:

@@ -96,13 +96,23 @@ class FastOobleckDecoder(OobleckDecoder):
     def from_module(cls, ref: nn.Module, backend: str | None = None) -> "FastOobleckDecoder":
         """A FastOobleckDecoder with a copy of ``ref``'s weights (ours or a stable-audio-tools OobleckDecoder).
 
-        Same device and dtype as ``ref``; the configuration is read from ``ref``'s structure.
+        Same device and dtype as ``ref``; the configuration is read from ``ref``'s structure (no import of
+        stable-audio-tools) and its convolutions may carry legacy weight norm, parametrized weight norm or
+        none. Raises TypeError / NotImplementedError for another module or an unsupported layout, ValueError
+        when the weights do not fit the layout read from it.
         """
         cfg = _infer_config(ref)
         with torch.device("meta"):
             fast = cls(**cfg, backend=backend)
-        state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
-        fast.load_state_dict(state, strict=True, assign=True)
+        from ._sat_interop import as_legacy_weight_norm
+
+        state = as_legacy_weight_norm({k: v.detach().clone() for k, v in ref.state_dict().items()},
+                                       fast.state_dict().keys())
+        try:
+            fast.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:  # a layout the structure did not reveal: name the keys, no stack
+            raise ValueError(f"from_module: the {type(ref).__name__}'s weights do not fit the decoder read from "
+                             f"it ({cfg}): {exc}") from None
         for (name, p), (_, q) in zip(fast.named_parameters(), ref.named_parameters()):
             p.requires_grad_(q.requires_grad)
         fast.train(ref.training)
