@@ -518,6 +518,10 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 def main(argv=None) -> int:
     import warnings
+    if "torch" not in sys.modules:
+        # Transparent huge pages for torch's large CPU buffers (read once, when torch starts): the decoder's
+        # hundreds-of-MB activations then fault in 512x fewer pages (a fresh 134 MB buffer: 28 vs 69 ms measured).
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     warnings.formatwarning = _one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
