@@ -758,13 +758,13 @@ def stage_table(rows: list) -> list[str]:
             continue
         sp = f"{r.speedup:.2f}x" if r.speedup is not None else ""
         snr = e.get("snr_db")
-        snr_s = "inf" if snr is not None and math.isinf(snr) else _fmt(snr, ".1f")
+        snr_s = "inf (identical)" if snr is None and e.get("rel_err") == 0 else _fmt(snr, ".1f")
         mem = f"{_fmt(r.peak_mem_mb, '.0f')} ({_fmt(e.get('standalone_mb'), '.0f')})"
         pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""  # noqa: E731
         out.append(f"| {prov} | {r.dtype} | {_ms(e.get('conditioner_ms'))} | {_ms(e.get('dit_step_ms'))} | "
                    f"{_ms(e.get('decoder_ms'))} | {_ms(r.median_ms)} ({_ms(r.min_ms)}) | {sp} | "
                    f"{_fmt(e.get('rel_err'))} | {snr_s} | {mem} | {pct(e.get('dit_peak_frac'))} | "
-                   f"{pct(e.get('decoder_peak_frac'))} | {_fmt(e.get('setup_s'), '.1f')} |")
+                   f"{pct(e.get('decoder_peak_frac'))} | {_setup(e.get('setup_s'))} |")
     out.append("")
     out.append("Speed-up: the baseline's total over the row's (medians of interleaved runs). Audio error against "
                "the fp32 reference run: rel err = max|out - ref| / max|ref|, SNR = 10 log10(sum ref^2 / sum "
@@ -773,6 +773,10 @@ def stage_table(rows: list) -> list[str]:
                "added at its peak. % peak: the stage's FLOPs over the measured linear peak of its compute dtype. "
                "Setup: load / compile / export time, never inside the timed runs.")
     return out
+
+
+def _setup(v) -> str:
+    return "" if v is None else f"{v:.1f}"
 
 
 def _md(s: str) -> str:

@@ -216,17 +216,25 @@ class _OrtDiT:
 
 def _onnx_export(module: nn.Module, args: tuple, path: str, names: list) -> str:
     """``torch.onnx.export`` with the default (dynamo) exporter, the TorchScript one if that fails; returns which."""
+    import logging
+
     errors = []
-    for dynamo in (True, False):
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, args, path, input_names=names, output_names=["out"], dynamo=dynamo)
-            return "dynamo" if dynamo else "torchscript"
-        except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}")
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)       # the exporter logs every optional op library it skips
+    try:
+        for dynamo in (True, False):
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(module, args, path, input_names=names, output_names=["out"], dynamo=dynamo)
+                return "dynamo" if dynamo else "torchscript"
+            except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
+                errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}")
+    finally:
+        log.setLevel(level)
     raise Unavailable("torch.onnx.export failed (" + "; ".join(errors) + ")")
 
 
@@ -343,6 +351,9 @@ def run_cpu(ctx: Context) -> list:
     label = _label(B, frames, cfg, quick)
     reps = int(ctx.options.get("e2e_reps") or (1 if quick else 3))
     rows: list = ctx.collect()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        ctx.log("[e2e] warning: TRITON_INTERPRET=1 is set: arc-fast's pipeline may run interpreted Triton kernels "
+                "(unset it for CPU timings)")
     base_rss = rss_mb() or 0.0
     workdir = tempfile.mkdtemp(prefix="arc-fast-bench-")
     try:
