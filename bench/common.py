@@ -768,8 +768,8 @@ def stage_table(rows: list) -> list[str]:
     out.append("")
     out.append("Speed-up: the baseline's total over the row's (medians of interleaved runs). Audio error against "
                "the fp32 reference run: rel err = max|out - ref| / max|ref|, SNR = 10 log10(sum ref^2 / sum "
-               "(out - ref)^2). Peak RSS: the process's peak during the run (every provider's weights stay "
-               "resident); standalone est. = RSS before any model + the provider's own weights + what the run "
+               "(out - ref)^2). Peak RSS: the process's peak during the run (the shared reference / "
+               "stable-audio-tools weights and this provider's own resident, other providers' released); standalone est. = RSS before any model + the provider's own weights + what the run "
                "added at its peak. % peak: the stage's FLOPs over the measured linear peak of its compute dtype. "
                "Setup: load / compile / export time, never inside the timed runs.")
     return out

@@ -60,7 +60,11 @@ TEXT_NOTE = ("conditioning: arc-fast hash-text encoder with T5's shapes (65 x 76
 @dataclass
 class Provider:
     """One competitor. ``setup()`` builds it and returns ``run() -> (audio (B, C, N) float, stage seconds)``
-    with stage seconds ``{conditioner, dit_steps: [..], decoder, total}``, or raises ``Unavailable``."""
+    with stage seconds ``{conditioner, dit_steps: [..], decoder, total}``, or raises ``Unavailable``.
+
+    Providers with weights of their own (the pipelines, the onnxruntime sessions) have ``release()`` (drop them
+    after each run) and ``reload()`` (get them back before the next, untimed): only one such copy is resident at
+    a time, so the full-window run fits a shared machine's memory and each run's peak RSS is its own."""
     key: str
     name: str
     ours: bool
@@ -70,6 +74,9 @@ class Provider:
     run: Optional[Callable[[], tuple]] = None
     setup_s: Optional[float] = None
     weights: Callable[[], float] = lambda: 0.0
+    release: Optional[Callable[[], None]] = None
+    reload: Optional[Callable[[], None]] = None
+    weights_mb: float = 0.0
     status: str = "ok"
     why: str = ""
     err: dict = field(default_factory=dict)
@@ -261,29 +268,34 @@ def _onnx_provider(dit, dec, cond, x_shape, workdir, generate) -> Provider:
                     nn.utils.remove_weight_norm(m)
             how_dec = _onnx_export(fdec.eval(), (torch.randn(x_shape),), os.path.join(folder, "dec.onnx"), ["z"])
             del fdec
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        s_dit = ort.InferenceSession(os.path.join(folder, "dit.onnx"), so, providers=["CPUExecutionProvider"])
-        s_dec = ort.InferenceSession(os.path.join(folder, "dec.onnx"), so, providers=["CPUExecutionProvider"])
-        ort_dit = _OrtDiT(s_dit, names)
-        dec_in = s_dec.get_inputs()[0].name
 
-        def ort_dec(z):
-            return torch.from_numpy(s_dec.run(None, {dec_in: z.detach().float().contiguous().numpy()})[0])
+        def load():
+            if "dit" in state:
+                return
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = torch.get_num_threads()
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            s_dit = ort.InferenceSession(os.path.join(folder, "dit.onnx"), so, providers=["CPUExecutionProvider"])
+            s_dec = ort.InferenceSession(os.path.join(folder, "dec.onnx"), so, providers=["CPUExecutionProvider"])
+            dec_in = s_dec.get_inputs()[0].name
+            state["dit"] = _OrtDiT(s_dit, names)
+            state["dec"] = lambda z: torch.from_numpy(s_dec.run(None, {dec_in: z.detach().float().contiguous()
+                                                                       .numpy()})[0])
+        load()
         state["mb"] = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 2 ** 20
-        state["how"] = f"exporter {how_dit} (DiT) / {how_dec} (decoder); onnxruntime {ort.__version__}"
+        p.notes += f"; exporter {how_dit} (DiT) / {how_dec} (decoder), onnxruntime {ort.__version__}"
+        p.reload = load
+        p.release = lambda: (state.pop("dit", None), state.pop("dec", None))
 
         def run():
             with torch.inference_mode():
-                return generate(ort_dit, ort_dec)
+                return generate(state["dit"], state["dec"])
         return run
     p = Provider("onnx", "onnxruntime", False, ("fp32", "fp32"),
                  "torch.onnx.export of arc_fast.reference DiT step (fixed shapes) + OobleckDecoder (weight norm folded), "
                  "fp32, onnxruntime CPUExecutionProvider (graph optimisations all, intra-op threads = torch's); "
                  "sampler loop in Python", setup, weights=lambda: state.get("mb", 0.0))
-    p.state = state
     return p
 
 
@@ -292,18 +304,23 @@ def _pipeline_provider(key, name, folder, seconds, dtype, autoencoder_dtype, pre
 
     holder: dict = {}
 
+    kw = {} if key == "defaults" else {"dtype": dtype, "autoencoder_dtype": autoencoder_dtype}
+
+    def load():
+        if "pipe" not in holder:
+            holder["pipe"] = load_pipeline(folder, device="cpu", **kw)
+
     def setup():
-        kw = {} if key == "defaults" else {"dtype": dtype, "autoencoder_dtype": autoencoder_dtype}
         try:
-            pipe = load_pipeline(folder, device="cpu", **kw)
+            load()
         except (ValueError, TypeError, ImportError, NotImplementedError) as exc:
             if key == "int8":
                 raise Unavailable(f"load_pipeline(dtype='int8') is not available here: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:200]}") from None
             raise
-        holder["pipe"] = pipe
 
         def run():
+            pipe = holder["pipe"]
             audio, _ = pipe(PROMPT, seconds=seconds, steps=STEPS, seed=0, sampler="pingpong")
             return audio, _stage_seconds(pipe.last_timings)
         return run
@@ -314,7 +331,8 @@ def _pipeline_provider(key, name, folder, seconds, dtype, autoencoder_dtype, pre
             return 0.0
         return tensor_mb(pipe.dit, pipe.autoencoder, pipe.conditioner,
                          *pipe.__dict__.get("_lowp_decoders", {}).values())
-    p = Provider(key, name, True, precision, notes, setup, weights=weights)
+    p = Provider(key, name, True, precision, notes, setup, weights=weights, reload=load,
+                 release=lambda: holder.pop("pipe", None))
     p.holder = holder
     return p
 
@@ -422,6 +440,10 @@ def run_cpu(ctx: Context) -> list:
             except Exception as exc:  # noqa: BLE001 - one broken provider must not lose the others
                 p.status, p.why = "failed", f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 continue
+            p.weights_mb = p.weights()
+            if p.release is not None:
+                p.release()
+                gc.collect()
             if p is baseline:
                 ref.append(audio)
             p.err = audio_error(audio, ref_audio())
@@ -437,8 +459,13 @@ def run_cpu(ctx: Context) -> list:
                 if ctx.out_of_time():
                     break
                 ctx.log(f"[e2e] run {r + 1}/{reps}: {p.name}")
+                if p.reload is not None:
+                    p.reload()                       # untimed: loading is not generating
                 with ctx.peak_memory() as pm:
                     _, t = p.run()
+                if p.release is not None:
+                    p.release()
+                    gc.collect()
                 s = p.samples
                 s["conditioner"].append(t["conditioner"] * 1e3)
                 s["dit_step"] += [x * 1e3 for x in t["dit_steps"]]
@@ -513,7 +540,7 @@ def _rows(ctx, cfg, frames, B, label, providers, baseline, reps, base_rss) -> li
                 mem = [m for m in s["mem"] if m is not None]
                 added = [a for a in s["added"] if a is not None]
                 row.peak_mem_mb = max(mem) if mem else None
-                weights = p.weights()
+                weights = p.weights_mb
                 extra.update(weights_mb=weights, run_added_mb=max(added) if added else None,
                              standalone_mb=(base_rss + weights + max(added)) if added else None)
                 err = (f"audio vs the fp32 reference run: rel err {p.err['rel_err']:.2e}, SNR "
@@ -522,7 +549,8 @@ def _rows(ctx, cfg, frames, B, label, providers, baseline, reps, base_rss) -> li
                     p.notes, TEXT_NOTE, err,
                     f"setup {p.setup_s:.1f} s (not timed)" if p.setup_s is not None else "",
                     f"{torch.get_num_threads()} thread(s); {len(s['total'])} interleaved runs (order rotated)",
-                    (f"peak RSS {row.peak_mem_mb:.0f} MB with every provider resident; the run added "
+                    (f"peak RSS {row.peak_mem_mb:.0f} MB (the shared reference weights and this provider's resident); "
+                     f"the run added "
                      f"{extra['run_added_mb']:.0f} MB; own weights {weights:.0f} MB; standalone est. "
                      f"{extra['standalone_mb']:.0f} MB") if added and row.peak_mem_mb else "") if x)
                 row.extra = extra
