@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FastDiT": ("arc_fast.models.dit", "FastDiT"),
     "FastOobleckDecoder": ("arc_fast.models.decoder", "FastOobleckDecoder"),
-    "load_pipeline": ("arc_fast.pipeline", "load_pipeline"),
+    "load_pipeline": ("arc_fast.loading", "load_pipeline"),
     "Pipeline": ("arc_fast.pipeline", "Pipeline"),
     "ARCTrainer": ("arc_fast.train.trainer", "ARCTrainer"),
 }
@@ -26,5 +26,5 @@ def __getattr__(name):
 
 def generate(prompt, model=None, device=None, **kwargs):
     """One call text -> audio: ``load_pipeline(model, device)(prompt, **kwargs)`` -> (audio (B, C, S), sample_rate)."""
-    from .pipeline import load_pipeline
+    from .loading import load_pipeline
     return load_pipeline(model, device=device)(prompt, **kwargs)

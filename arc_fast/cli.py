@@ -7,6 +7,8 @@ traceback and without leaving a partial output file (set ARC_FAST_DEBUG=1 for th
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
 import sys
 import tempfile
@@ -18,13 +20,57 @@ class CLIError(Exception):
     """A user-facing error: printed as one line."""
 
 
+# Upper bounds of the options that set how much work a command does; a value past them is a typo or a
+# misunderstanding, and refusing it at once beats hours of computation or an allocation failure.
+# --steps: a rectified-flow sampler's ODE is converged long before 1000 Euler steps (Stable Audio uses
+#   100-250; ARC's ping-pong 1-8), and 1000 steps is already ~10 s of DiT on an H100 for a 12 s clip and
+#   ~30 min on a CPU core count like a laptop's.
+MAX_STEPS = 1000
+# --batch-size: the decoder's largest activations are ~128 channels x every output sample, ~270 MB per 12 s
+#   stereo clip in fp32, and several are alive at once: 64 clips need tens of GB (an H100 holds 80), and take
+#   64x one clip's time. Larger batches: run the command again with other seeds.
+MAX_BATCH = 64
+# --frames (export): the measured DiT forward attends over all frames at once; 8192 frames are ~6 min of
+#   audio at SAO's 46 ms per frame, far past any released model's window.
+MAX_FRAMES = 8192
+
+
 def _positive_float(s: str) -> float:
     try:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {s!r}")
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    if not math.isfinite(v) or not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {s}")
+    return v
+
+
+def _finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
+def _bounded_int(upper: int, why: str):
+    def parse(s: str) -> int:
+        v = _positive_int(s)
+        if v > upper:
+            raise argparse.ArgumentTypeError(f"must be <= {upper} ({why}), got {s}")
+        return v
+    return parse
+
+
+def _seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}")
+    if not -2 ** 63 <= v < 2 ** 64:  # what torch.Generator.manual_seed accepts
+        raise argparse.ArgumentTypeError(f"must be an integer in [-2**63, 2**64), got {s}")
     return v
 
 
@@ -73,11 +119,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default="out.wav", help="output .wav path (default out.wav)")
     g.add_argument("--seconds", type=_positive_float, default=None,
                    help="length in seconds (default: the init audio's, else the model's window)")
-    g.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default per model)")
-    g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default per model)")
+    g.add_argument("--steps", type=_bounded_int(MAX_STEPS, "samplers converge long before"), default=None,
+                   help=f"sampling steps, 1-{MAX_STEPS} (default per model)")
+    g.add_argument("--cfg-scale", type=_finite_float, default=None,
+                   help="classifier-free guidance scale (default per model)")
     g.add_argument("--sampler", choices=["pingpong", "euler"], default=None, help="sampler (default per model)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--batch-size", type=_positive_int, default=1, help="number of clips (files get _i suffixes)")
+    g.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    g.add_argument("--batch-size", type=_bounded_int(MAX_BATCH, "memory; run again with other seeds for more"),
+                   default=1, help=f"number of clips, 1-{MAX_BATCH} (files get _i suffixes)")
     g.add_argument("--model", default=None,
                    help="model folder or checkpoint file, any Stable Audio layout (default: the bundled model)")
     _add_source_args(g)
@@ -87,8 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--short-window", action="store_true",
                    help="sample only the latent frames --seconds needs (faster short clips; for models that tolerate it)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                   help="DiT precision (auto: bf16 on CUDA, fp32 on CPU); the decoder falls back to fp32 on NaN/Inf")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16", "int8"], default="auto",
+                   help="precision (auto: bf16 on CUDA; on the CPU per stage, bf16 where the CPU has native bf16, "
+                        "else fp32 - see `arc-fast info`; int8: torchao dynamic int8 DiT on the CPU, bf16/fp32 "
+                        "decoder as auto); the decoder falls back to fp32 on NaN/Inf")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: the physical cores this process may use)")
     g.add_argument("--reference", action="store_true", help="use the eager reference modules instead of the fused ones")
     g.add_argument("--cuda-graph", action="store_true",
                    help="CUDA only: run the sampling loop and the decode as captured CUDA graphs")
@@ -110,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("model", nargs="?", default=None, help="model folder or checkpoint (default: the bundled model)")
     e.add_argument("-o", "--output", required=True, help="output folder (must be empty unless --overwrite)")
     _add_source_args(e)
-    e.add_argument("--frames", type=_positive_int, default=None,
+    e.add_argument("--frames", type=_bounded_int(MAX_FRAMES, "about 6 min of audio"), default=None,
                    help="latent frames of the measured DiT forward (default: the model's window)")
     e.add_argument("--overwrite", action="store_true", help="replace model files already in the output folder")
 
@@ -120,20 +173,62 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_wav(path: str, audio, sample_rate: int) -> None:
-    import soundfile as sf
-
+def _check_output_folder(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise CLIError(f"output folder does not exist: {directory} (create it first)")
-    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=directory, prefix=".arc-fast-")
-    os.close(fd)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CLIError(f"output folder is not writable: {directory} (choose another -o)")
+
+
+def _write_wavs(paths: list[str], audio, sample_rate: int) -> None:
+    """Write clip i of ``audio`` (B, C, N) to ``paths[i]``, all or nothing: every clip is encoded in memory
+    and written to a temporary file beside its target (fsynced) before any target is replaced."""
+    import io
+
+    import soundfile as sf
+
+    temps: list[str] = []
     try:
-        sf.write(tmp, audio.T.numpy(), sample_rate, subtype="PCM_16")
-        os.replace(tmp, path)
+        for path, clip in zip(paths, audio):
+            _check_output_folder(path)
+            buf = io.BytesIO()
+            sf.write(buf, clip.T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
+            # Python file I/O, not libsndfile's: a full disk is then an OSError with the path and errno,
+            # not libsndfile's bare "System error.".
+            fd, tmp = tempfile.mkstemp(suffix=".wav", dir=os.path.dirname(os.path.abspath(path)), prefix=".arc-fast-")
+            temps.append(tmp)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(buf.getvalue())
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                if exc.filename is None:  # write() and fsync() do not say which file: name the one the user asked for
+                    raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
+                raise
+        for path, tmp in zip(paths, temps):
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OS error: the OS's own message, the path, and what to do about the common ones."""
+    what = exc.strerror or str(exc)
+    path = exc.filename if exc.filename is not None else "?"
+    if exc.filename2 is not None:
+        path = f"{path} -> {exc.filename2}"
+    hint = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+            errno.EACCES: "check the permissions or write elsewhere", errno.EPERM: "check the permissions",
+            errno.EROFS: "write elsewhere", errno.ENOENT: "check the path"}.get(exc.errno, "")
+    return f"{what}: {path}" + (f" ({hint})" if hint else "")
+
+
+# How torch reports a failed allocation (CUDA's OutOfMemoryError and the CPU allocator's RuntimeError).
+_OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")
 
 
 def _kind(args):
@@ -163,12 +258,34 @@ def _generate(args) -> int:
         raise CLIError("--init-noise-level needs --init-audio")
     if args.init_audio is not None and not os.path.isfile(args.init_audio):
         raise CLIError(f"init audio not found: {args.init_audio}")
+    _check_source_files(args)
+    _check_device(args.device)
+    outputs = [args.output] if args.batch_size == 1 else [
+        f"{os.path.splitext(args.output)[0]}_{i}.wav" for i in range(args.batch_size)]
+    for path in outputs:
+        _check_output_folder(path)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = None if args.dtype == "auto" and device == "cpu" else ("bf16" if args.dtype == "auto" else args.dtype)
-    pipe = load_pipeline(args.model, device=device, dtype=dtype, allow_partial=args.allow_partial,
+    if args.dtype == "int8" and device != "cpu":
+        raise CLIError("--dtype int8 is a CPU path (torchao); use --dtype bf16 on CUDA")
+    if device == "cpu":
+        from .cpu import physical_cores
+        torch.set_num_threads(args.threads or physical_cores())
+    ae_dtype = None
+    if args.dtype == "int8":
+        from .cpu import choose_precisions, torchao_available
+        missing = torchao_available()
+        if missing is not None:
+            raise CLIError(f"--dtype int8: {missing}")
+        ae_dtype = choose_precisions().dtypes()[1]
+    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, autoencoder_dtype=ae_dtype,
+                         allow_partial=args.allow_partial,
                          fast=not args.reference, config=args.config, dit=args.dit, autoencoder=args.autoencoder,
                          ema=args.ema, arc_post_trained=_kind(args))
     _notes(pipe.load_notes, args.quiet)
+    if args.seconds is not None and args.seconds * pipe.sample_rate < pipe.hop:
+        frame = pipe.hop / pipe.sample_rate
+        raise CLIError(f"--seconds {args.seconds:g} is shorter than one latent frame ({frame:.4f} s = {pipe.hop} "
+                       f"samples at {pipe.sample_rate} Hz); no file written")
     if args.compile:
         pipe.compile()
     try:
@@ -179,15 +296,21 @@ def _generate(args) -> int:
                          cuda_graph=args.cuda_graph)
     except GenerationError as exc:
         raise CLIError(f"{exc}; no file written") from exc
-    outputs = [args.output] if audio.shape[0] == 1 else [
-        f"{os.path.splitext(args.output)[0]}_{i}.wav" for i in range(audio.shape[0])]
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc).lower()
+        if not (isinstance(exc, MemoryError) or any(m in text for m in _OOM_MESSAGES)):
+            raise
+        raise CLIError(f"out of memory generating {args.batch_size} clip(s) on {pipe.device.type} (lower --batch-size "
+                       f"or --seconds); no file written") from exc
+    if audio.shape[0] != len(outputs):
+        raise CLIError(f"the model returned {audio.shape[0]} clip(s) for --batch-size {args.batch_size}; "
+                       f"no file written")
     if not torch.isfinite(audio).all():  # the pipeline's guard catches this first; kept as the last line of defence
         raise CLIError("the model produced NaN/Inf audio (try --dtype fp32); no file written")
     peak = audio.abs().amax().item()
     if peak > 1.0:
         audio = audio / peak  # avoid clipping in the 16-bit file
-    for i, path in enumerate(outputs):
-        _write_wav(path, audio[i], sr)
+    _write_wavs(outputs, audio, sr)
     t = pipe.last_timings
     sampler = pipe.defaults()["sampler"] if args.sampler is None else args.sampler
     print(f"wrote {', '.join(outputs)}: {audio.shape[1]} ch, {audio.shape[-1] / sr:.2f} s @ {sr} Hz "
@@ -196,8 +319,33 @@ def _generate(args) -> int:
     return 0
 
 
+def _check_source_files(args) -> None:
+    """--config/--dit/--autoencoder name files: say which one is missing before anything is loaded."""
+    for flag in ("config", "dit", "autoencoder"):
+        path = getattr(args, flag, None)
+        if path is not None and not os.path.isfile(path):
+            what = "not a file" if os.path.exists(path) else "not found"
+            raise CLIError(f"--{flag} {what}: {path}")
+
+
+def _check_device(device) -> None:
+    import torch
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {device!r} is not a device (cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device!r}: only cpu and cuda are supported")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def _convert(args, int8: bool) -> dict:
     from .pipeline import convert_model
+
+    _check_source_files(args)
 
     return convert_model(args.model, args.output, config=args.config, dit=args.dit, autoencoder=args.autoencoder,
                          ema=args.ema, split=getattr(args, "split", False), dtype=getattr(args, "dtype", None),
@@ -216,18 +364,23 @@ def _convert_cmd(args) -> int:
 def _export_cmd(args) -> int:
     import torch
 
+    from .cpu import torchao_available
     from .pipeline import compare_dit, load_pipeline
 
     out = _convert(args, True)
     _notes(out["notes"])
-    ref = load_pipeline(args.model, device="cpu", fast=False, config=args.config, dit=args.dit,
+    print(f"wrote {', '.join(out['files'])} (int8 DiT)")
+    missing = torchao_available()
+    if missing is not None:   # the export itself is done; only its measurement needs the int8 compute path
+        print(f"int8 DiT not measured: {missing}")
+        return 0
+    ref = load_pipeline(args.model, device="cpu", dtype="fp32", config=args.config, dit=args.dit,
                         autoencoder=args.autoencoder, ema=args.ema, allow_partial=args.allow_partial)
-    q = load_pipeline(args.output, device="cpu", fast=False)
+    q = load_pipeline(args.output, device="cpu", dtype="int8")
     frames = args.frames or ref.sample_size // ref.hop
     r = compare_dit(ref.dit, q.dit, frames=frames)
-    print(f"wrote {', '.join(out['files'])} (int8 DiT)")
-    print(f"int8 DiT vs fp32 ({frames} latent frames, batch 1, CPU, {torch.get_num_threads()} threads): relative error "
-          f"{r['relative_error']:.2e}; forward {r['reference_seconds'] * 1e3:.1f} ms fp32, "
+    print(f"int8 DiT (torchao) vs fp32 ({frames} latent frames, batch 1, CPU, {torch.get_num_threads()} threads): "
+          f"relative error {r['relative_error']:.2e}; forward {r['reference_seconds'] * 1e3:.1f} ms fp32, "
           f"{r['candidate_seconds'] * 1e3:.1f} ms int8")
     return 0
 
@@ -281,6 +434,10 @@ def main(argv=None) -> int:
         print("arc-fast: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI contract: one line, no traceback
+        if isinstance(exc, OSError) and exc.errno is not None and os.environ.get("ARC_FAST_DEBUG") != "1":
+            # Disk full, permissions, ...: the OS's message and the path, not a library's paraphrase.
+            print(f"arc-fast: error: {_os_error_line(exc)}", file=sys.stderr)
+            return 2
         hint = " (or use a model whose text conditioner needs no T5)" if (
             isinstance(exc, ImportError) and "transformers" in str(exc)) else ""
         return report_error("arc-fast", exc, hint)

@@ -1,4 +1,4 @@
-"""``python -m arc_fast info``: which backends are live here and, for each that is not, why."""
+"""``python -m arc_fast.info`` (or ``arc-fast info``): which backends are live here and, for each that is not, why."""
 from __future__ import annotations
 
 import importlib
@@ -37,7 +37,8 @@ def backend_status() -> list[tuple[str, bool, str]]:
         rows.append(("flash-attn", False, "not installed"))
     else:
         rows.append(("flash-attn", cuda, "installed" if cuda else "installed, but no CUDA device"))
-    rows.append(("SDPA (torch)", hasattr(torch.nn.functional, "scaled_dot_product_attention"), f"torch {torch.__version__}"))
+    rows.append(("SDPA (torch)", hasattr(torch.nn.functional, "scaled_dot_product_attention"),
+                 f"torch {torch.__version__}"))
     return rows
 
 
@@ -54,3 +55,9 @@ def main() -> int:
     for name, live, detail in backend_status():
         print(f"  {'[live]' if live else '[off] '} {name:24s} {detail}")
     return 0
+
+
+if __name__ == "__main__":  # python -m arc_fast.info
+    import sys
+
+    sys.exit(main())

@@ -21,14 +21,16 @@ Layouts read (``resolve_layout``), all mapped to the *unwrapped inference layout
 
 Pickled checkpoints are read with ``torch.load(weights_only=True)``; when a training checkpoint also holds
 pickled Python objects (Lightning callbacks, NumPy RNG states, ...), it is re-read with an unpickler that
-builds tensors as usual but turns every other class into an inert placeholder: no code from the file runs.
+builds tensors as usual but turns every other class into an inert placeholder: no code from the file runs,
+and a pickle that tries to set the state of a real class or object (BUILD / ``__setstate__``), to fill a
+class, or to use the copyreg extension registry is refused (``CheckpointError`` "refused checkpoint ...").
 
 Loading is strict (``check_state_dict``): every missing, unexpected or mis-shaped key is named. One exception:
 a checkpoint with *no* encoder weights at all loads (text-to-audio needs only the decoder) and says so;
 audio-to-audio then reports that the encoder is missing.
 
-Also here: ``Int8Linear`` and the int8 DiT export format (``<linear>.weight`` int8 (out, in) +
-``<linear>.weight_scale`` fp32 (out,), symmetric per output channel) used by ``arc-fast convert --int8``.
+The int8 DiT (``Int8Linear`` and its export format) lives in ``arc_fast.int8``; its names still import from
+here.
 """
 from __future__ import annotations
 
@@ -38,12 +40,10 @@ import os
 import pickle
 import types
 import typing as tp
-import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger("arc_fast")
@@ -75,8 +75,9 @@ class CheckpointError(ValueError):
 # Reading files
 # ------------------------------------------------------------------------------------------------------
 class _Opaque(dict):
-    """Stands in for any pickled object whose class is not a tensor type: accepts every way pickle rebuilds
-    an object (call, __new__, __setstate__, items, appends) and does nothing else."""
+    """Stands in for any pickled object whose class is not a tensor type. It accepts every way pickle rebuilds
+    an object (call, __new__, state, items, appends) and only stores what it is given: no code from the file,
+    and no method of a real class, ever runs on it."""
 
     opaque_name = "?"
 
@@ -92,6 +93,13 @@ class _Opaque(dict):
 
     def extend(self, items):
         self.__dict__.setdefault("_items", []).extend(items)
+
+    def add(self, item):
+        self.__dict__.setdefault("_items", []).append(item)
+
+
+class HostilePickleError(pickle.UnpicklingError):
+    """A pickle that tries to call, build or patch something an inert load never touches."""
 
 
 def _allowed_globals() -> dict:
@@ -112,9 +120,27 @@ def _reconstructor(cls, base, state=None):
     return cls() if isinstance(cls, type) and issubclass(cls, _Opaque) else _Opaque()
 
 
-class _InertUnpickler(pickle.Unpickler):
+def _is_placeholder_class(obj) -> bool:
+    return isinstance(obj, type) and issubclass(obj, _Opaque)
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
+
+
+class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be overridden one by one
+    """Unpickler for foreign training checkpoints: tensors are rebuilt through torch's allow-list of globals;
+    every other global becomes a fresh ``_Opaque`` placeholder class. The opcodes that call, build or fill an
+    object only ever reach placeholders, the allow-list or plain containers: BUILD (``__setstate__`` /
+    attribute writes) on anything else, and the copyreg extension registry, are refused with
+    ``HostilePickleError``. Subclassed per load (``_inert_pickle_module``) so each load has its own tallies."""
+
     allowed: dict = {}
-    skipped: Counter = Counter()
+    allowed_ids: frozenset = frozenset()
+    skipped: dict = {}
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module, name):
         key = f"{module}.{name}"
@@ -122,17 +148,121 @@ class _InertUnpickler(pickle.Unpickler):
             return self.allowed[key]
         if key == "copyreg._reconstructor":
             return _reconstructor
-        type(self).skipped[key] += 1
-        return type(name, (_Opaque,), {"opaque_name": key})
+        type(self).skipped[key] = type(self).skipped.get(key, 0) + 1
+        return type(str(name), (_Opaque,), {"opaque_name": key})
+
+    def _callable(self, func, what: str):
+        if _is_placeholder_class(func) or func is _reconstructor or id(func) in self.allowed_ids:
+            return func
+        raise HostilePickleError(f"{what} of {_describe(func)} refused (not a tensor type or a placeholder)")
+
+    def _load_reduce(self):
+        args = self.stack.pop()
+        self.stack[-1] = self._callable(self.stack[-1], "call")(*args)
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+
+    def _load_newobj(self):
+        args = self.stack.pop()
+        cls = self._callable(self.stack.pop(), "creation")
+        self.append(cls.__new__(cls, *args))
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+
+    def _load_newobj_ex(self):
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self._callable(self.stack.pop(), "creation")
+        self.append(cls.__new__(cls, *args, **kwargs))
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+
+    def _instantiate(self, klass, args):
+        return super()._instantiate(self._callable(klass, "creation"), args)
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, _Opaque):
+            inst.__dict__["_state"] = state  # kept, never applied
+        elif _is_placeholder_class(inst):
+            pass  # a fresh class made for this load: its state means nothing
+        elif type(inst) is torch.Tensor:  # legacy tensors (as torch's weights_only unpickler)
+            inst.set_(*state)
+        elif type(inst) is torch.nn.Parameter:
+            inst.__setstate__(state)
+        elif type(inst) is OrderedDict and isinstance(state, dict) and all(type(k) is str for k in state):
+            inst.__dict__.update(state)  # a state dict's ``_metadata``
+        else:
+            raise HostilePickleError(f"setting the state of {_describe(inst)} refused (a pickle may only build "
+                                     f"tensors and placeholders)")
+    dispatch[pickle.BUILD[0]] = _load_build
+
+    def _container(self, obj, what: str):
+        if isinstance(obj, type):
+            raise HostilePickleError(f"{what} on {_describe(obj)} refused")
+        return obj
+
+    def _load_appends(self):
+        items = self.pop_mark()
+        target = self._container(self.stack[-1], "append")
+        if isinstance(target, (list, _Opaque)):
+            target.extend(items)
+        else:
+            raise HostilePickleError(f"append on {_describe(target)} refused")
+    dispatch[pickle.APPENDS[0]] = _load_appends
+
+    def _load_append(self):
+        value = self.stack.pop()
+        target = self._container(self.stack[-1], "append")
+        if isinstance(target, (list, _Opaque)):
+            target.append(value)
+        else:
+            raise HostilePickleError(f"append on {_describe(target)} refused")
+    dispatch[pickle.APPEND[0]] = _load_append
+
+    def _load_setitems(self):
+        items = self.pop_mark()
+        target = self._container(self.stack[-1], "item assignment")
+        if not isinstance(target, dict):
+            raise HostilePickleError(f"item assignment on {_describe(target)} refused")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+
+    def _load_setitem(self):
+        value = self.stack.pop()
+        key = self.stack.pop()
+        target = self._container(self.stack[-1], "item assignment")
+        if not isinstance(target, dict):
+            raise HostilePickleError(f"item assignment on {_describe(target)} refused")
+        target[key] = value
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+
+    def _load_additems(self):
+        items = self.pop_mark()
+        target = self._container(self.stack[-1], "set update")
+        if isinstance(target, set):
+            target.update(items)
+        elif isinstance(target, _Opaque):
+            target.extend(items)
+        else:
+            raise HostilePickleError(f"set update on {_describe(target)} refused")
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+
+    def _refuse_extension(self):
+        raise HostilePickleError("copyreg extension codes refused (they name globals outside the file)")
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_extension
+    del _op
 
 
 def _inert_pickle_module() -> types.ModuleType:
+    allowed = _allowed_globals()
+    unpickler = type("_InertUnpicklerForOneLoad", (_InertUnpickler,),
+                     {"allowed": allowed, "allowed_ids": frozenset(map(id, allowed.values())), "skipped": {}})
     mod = types.ModuleType("arc_fast_inert_pickle")
-    _InertUnpickler.allowed = _allowed_globals()
-    _InertUnpickler.skipped = Counter()
-    mod.Unpickler = _InertUnpickler
-    mod.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
+    mod.Unpickler = unpickler
+    mod.load = lambda f, **kw: unpickler(f, **kw).load()
     mod.Pickler = pickle.Pickler
+    mod.skipped = unpickler.skipped
     return mod
 
 
@@ -149,14 +279,86 @@ def _is_safetensors(path: str) -> bool:
     return head[8:9] == b"{" and 0 < size < os.path.getsize(path)
 
 
+def weights_only_reason(exc: BaseException) -> str:
+    """The one informative line of a ``torch.load(weights_only=True)`` refusal (which global or opcode), without
+    the paragraph of advice around it."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines[1:]:
+        if not ln.startswith(("Check the documentation", "Please file an issue", "(1)", "(2)", "In PyTorch")):
+            return ln.replace("WeightsUnpickler error: ", "")[:300]
+    return lines[0][:300] if lines else exc.__class__.__name__
+
+
+#: First line of a checkpoint pointer file (the trainer's ``last.pt``): the next line names the checkpoint.
+POINTER_MAGIC = b"arc-fast checkpoint pointer v1\n"
+
+
+def resolve_pointer(path: str) -> str:
+    """``path`` itself, or, when it is a checkpoint pointer file, the file it names (a name in the same folder).
+
+    Raises CheckpointError for a malformed pointer and FileNotFoundError when the named file is gone."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(POINTER_MAGIC) + 1024)
+    except OSError:
+        return path
+    if not head.startswith(POINTER_MAGIC):
+        return path
+    name = head[len(POINTER_MAGIC):].decode("utf-8", "replace").strip()
+    if not name or "\n" in name or name in (".", "..") or "/" in name or "\\" in name:
+        raise CheckpointError(f"{path}: malformed checkpoint pointer (expected one file name in the same folder)")
+    target = os.path.join(os.path.dirname(path), name)
+    if not os.path.isfile(target):
+        raise FileNotFoundError(f"{path} points to {name}, which is missing (resume from another step-*.pt file)")
+    return target
+
+
+def write_pointer(path: str, target: str) -> None:
+    """Atomically make ``path`` a pointer to ``target`` (a file in the same folder): written beside, fsynced,
+    renamed over ``path``. Unlike a hard link, damaging one file never damages the other."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.dirname(os.path.abspath(target)) != directory:
+        raise ValueError(f"a checkpoint pointer must name a file in its own folder, got {target}")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(POINTER_MAGIC + os.path.basename(target).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_file(path: str) -> tuple[tp.Any, dict, list[str]]:
     """The stored object of a checkpoint file, its safetensors metadata ({} for pickles), and notes.
+    A checkpoint pointer (the trainer's ``last.pt``) is followed to the file it names.
 
     ``.safetensors`` -> a flat {key: tensor}; ``.ckpt``/``.pt``/``.pth``/``.bin`` -> whatever was pickled
     (tensors on the CPU). Raises FileNotFoundError / CheckpointError (unreadable) with the path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     notes: list[str] = []
+    target = resolve_pointer(path)
+    if target != path:
+        notes.append(f"{os.path.basename(path)} points to {os.path.basename(target)}")
+        path = target
     if _is_safetensors(path):
         try:
             from safetensors import safe_open
@@ -175,9 +377,11 @@ def read_file(path: str) -> tuple[tp.Any, dict, list[str]]:
     try:
         mod = _inert_pickle_module()
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=mod)
+    except HostilePickleError as exc:
+        raise CheckpointError(f"refused checkpoint {path}: {exc}; nothing from the file was run") from exc
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
-    skipped = sorted(_InertUnpickler.skipped)
+    skipped = sorted(mod.skipped)
     notes.append(f"{os.path.basename(path)}: skipped {len(skipped)} kind(s) of pickled non-tensor objects "
                  f"(training state such as {', '.join(skipped[:3])}); no code from the file was run")
     return obj, {}, notes
@@ -496,123 +700,16 @@ def refresh_weight_norm(module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------
-# int8 DiT
+# Moved to arc_fast.int8 (imported on first use: arc_fast.int8 itself imports this module)
 # ------------------------------------------------------------------------------------------------------
-INT8_SCALE = ".weight_scale"
+_INT8_NAMES = ("INT8_SCALE", "Int8Linear", "int8_linear_names", "quantize_dit_state_dict", "apply_int8_layout")
 
 
-def _fbgemm_ok() -> bool:
-    try:
-        return "fbgemm" in torch.backends.quantized.supported_engines or \
-            "x86" in torch.backends.quantized.supported_engines
-    except Exception:  # noqa: BLE001
-        return False
-
-
-class Int8Linear(nn.Module):
-    """Linear layer with int8 weights: ``weight`` int8 (out, in), ``weight_scale`` (out,), ``bias`` (out,).
-
-    W = weight * weight_scale[:, None] (symmetric, per output channel). forward(x (..., in)) -> (..., out) in
-    x's dtype. On a CPU with the fbgemm/x86 quantized engine the product is a dynamic-int8 GEMM (activations
-    quantized per call, fp32 accumulation of the int32 result); elsewhere the weight is dequantized."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._packed = None
-        self._packed_key = None
-
-    @staticmethod
-    def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp weight (out, in) -> (int8 weight, fp32 scale (out,)), round to nearest, |q| <= 127."""
-        w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return q, scale
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        q, s = cls.quantize(linear.weight)
-        m.weight.copy_(q)
-        m.weight_scale.copy_(s)
-        if linear.bias is not None:
-            m.bias.data.copy_(linear.bias.detach().float())
-        return m
-
-    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
-        return self.weight.to(dtype) * self.weight_scale.to(dtype)[:, None]
-
-    def _packed_weight(self):
-        key = (self.weight.data_ptr(), self.weight._version, self.weight_scale._version,
-               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
-        if self._packed_key != key:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch's quantized-tensor creation is marked deprecated
-                scale = self.weight_scale.detach().double()
-                qw = torch._make_per_channel_quantized_tensor(self.weight.detach(), scale,
-                                                              torch.zeros_like(scale, dtype=torch.long), 0)
-                bias = None if self.bias is None else self.bias.detach().float()
-                self._packed = torch.ops.quantized.linear_prepack(qw, bias)
-            self._packed_key = key
-        return self._packed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and not torch.is_grad_enabled() and _fbgemm_ok():
-            try:
-                shape = x.shape
-                y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(),
-                                                       self._packed_weight(), True)
-                return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-            except (RuntimeError, AttributeError, NotImplementedError):
-                pass  # quantized engine unusable here: dequantize instead
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized(x.dtype), bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
-
-
-def int8_linear_names(dit: nn.Module) -> list[str]:
-    """The DiT's Linear layers that the int8 export quantizes: every Linear inside the transformer blocks."""
-    return [n for n, m in dit.named_modules() if n.startswith("transformer.layers.") and isinstance(m, nn.Linear)]
-
-
-def quantize_dit_state_dict(dit_meta: nn.Module, sd: dict, prefix: str = PREFIXES["dit"]) -> tuple[dict, int]:
-    """Replace the block Linear weights of a full-layout state dict by int8 + ``weight_scale``; returns
-    (new state dict, number of layers quantized). ``dit_meta``: a (meta) DiT of the same config."""
-    out = dict(sd)
-    names = int8_linear_names(dit_meta)
-    for n in names:
-        key = f"{prefix}{n}.weight"
-        if key not in out:
-            raise CheckpointError(f"int8 export: {key} is missing")
-        if out[key].dtype == torch.int8:
-            continue
-        q, s = Int8Linear.quantize(out[key])
-        out[key] = q
-        out[f"{prefix}{n}{INT8_SCALE}"] = s
-    return out, len(names)
-
-
-def apply_int8_layout(dit: nn.Module, dit_sd: dict) -> int:
-    """Swap the Linear modules whose checkpoint weights are int8 (``dit_sd``: DiT keys, no prefix) for
-    ``Int8Linear`` (on the device of the module, meta included). Returns how many were swapped."""
-    n = 0
-    for name in list(dict(dit.named_modules())):
-        w = dit_sd.get(f"{name}.weight")
-        mod = dit.get_submodule(name) if name else dit
-        if w is None or w.dtype != torch.int8 or not isinstance(mod, nn.Linear):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = dit.get_submodule(parent_name) if parent_name else dit
-        with torch.device(mod.weight.device):
-            setattr(parent, child, Int8Linear(mod.in_features, mod.out_features, mod.bias is not None))
-        n += 1
-    return n
+def __getattr__(name):
+    if name in _INT8_NAMES:
+        from . import int8
+        return getattr(int8, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------------

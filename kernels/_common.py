@@ -22,14 +22,14 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from arc_fast.ops._dispatch import interpreter_active
-except ImportError:  # pragma: no cover - kernels used without the package on the path
-    import os
 
-    def interpreter_active() -> bool:
-        """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors in Python."""
-        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def interpreter_active() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors in Python.
+
+    Defined here, not imported from ``arc_fast.ops``: kernel files import nothing from the layers above them
+    (docs/architecture.md). The dispatch layer asks the same question without importing triton."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 
 __all__ = ["MAX_GRID_YZ", "as_3d", "capability", "device_reasons", "interpreter_active", "launch", "raise_if",
            "rne_bf16", "rne_flag"]

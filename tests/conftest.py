@@ -8,6 +8,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# dtype="auto" on the CPU picks bf16 on CPUs with native bf16 and fp32 elsewhere: pin fp32 so that no test's
+# outcome depends on the machine (tests/test_cpu.py covers the choice itself with mocked capabilities).
+os.environ["ARC_FAST_CPU_DTYPE"] = "fp32"
+# The probe cache of the test run stays out of the user's home.
+os.environ.setdefault("ARC_FAST_CACHE_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".cache",
+                                                         "test-arc-fast"))
 
 import pytest  # noqa: E402
 

@@ -317,7 +317,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pipe, data_dir
     tr = ARCTrainer(make_cfg(tmp_path, data_dir, ckpt_every=2, keep_checkpoints=0), pipeline=pipe)
     tr.train(2)
     ckpt = tr.checkpoint_path("last")
-    good = torch.load(ckpt, weights_only=False)
+    good = torch.load(ckpt, weights_only=True)
     assert good["step"] == 2
     with torch.no_grad():  # simulate a diverged generator
         next(tr.G_raw.parameters()).fill_(float("nan"))
@@ -325,7 +325,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(pipe, data_dir
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss_g .* step 2.*last\.pt"):
         tr.train(6)
     assert tr.step == 2 and state_digest(tr.D_raw) == d_before
-    again = torch.load(ckpt, weights_only=False)
+    again = torch.load(ckpt, weights_only=True)
     assert again["step"] == 2 and all(torch.isfinite(v).all() for v in again["G"].values())
     assert sorted(os.listdir(os.path.dirname(ckpt))) == ["last.pt"]  # no temp files left behind
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..data.synthetic import (CHORD_ROOTS, FAMILIES, MODULATIONS, PITCHES, QUALITIES, RHYTHMS, SAMPLE_RATE, TEMPOS,
                               WAVES, make_clip)
+from ..loader import weights_only_reason
 
 #: attribute -> class names ("none" first where the attribute can be absent).
 HEADS: dict[str, list[str]] = {
@@ -159,13 +161,59 @@ def train_classifier(n: int = 2000, steps: int = 600, batch: int = 64, seed: int
     info = {"train_clips": n, "val_clips": n_val, "steps": steps, "seed": seed, "accuracy": acc,
             "seconds": round(time.time() - t0, 1)}
     if out_path:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        torch.save({"state_dict": model.state_dict(), "info": info}, out_path)
+        save_classifier(model, info, out_path)
     return model, info
 
 
+def save_classifier(model: ParamClassifier, info: dict, path: str) -> None:
+    """Write ``{"state_dict", "info"}`` atomically (beside, fsync, rename): tensors and plain values only, so
+    ``load_classifier`` reads it with ``torch.load(weights_only=True)``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"state_dict": model.state_dict(), "info": info}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def load_classifier(path: str) -> tuple[ParamClassifier, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """(model in eval mode, its training info) from a file written by ``train_classifier``.
+
+    Read with ``torch.load(weights_only=True)``: a file holding anything but tensors and plain values is
+    refused and nothing from it runs. Every mismatch (key, shape, dtype, NaN/Inf) is one ValueError naming
+    the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"classifier not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"refused classifier {path}: it holds pickled objects other than tensors "
+                         f"({weights_only_reason(exc)}); nothing from the file was run") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is one line naming the file
+        raise ValueError(f"cannot read classifier {path}: {exc.__class__.__name__}: "
+                         f"{weights_only_reason(exc)}") from exc
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise ValueError(f"{path} is not an arc_fast classifier (a dict with a 'state_dict'; arc-fast eval trains one)")
     model = ParamClassifier()
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), blob.get("info", {})
+    live, sd = model.state_dict(), blob["state_dict"]
+    missing = [k for k in live if k not in sd]
+    unexpected = [k for k in sd if k not in live]
+    if missing or unexpected:
+        raise ValueError(f"classifier {path} does not match ParamClassifier: missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}")
+    for k, ref in live.items():
+        v = sd[k]
+        if not isinstance(v, torch.Tensor) or v.shape != ref.shape or v.dtype != ref.dtype:
+            got = f"{tuple(v.shape)} {v.dtype}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"classifier {path}: {k}: file {got}, model {tuple(ref.shape)} {ref.dtype}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"classifier {path}: {k} holds NaN/Inf values")
+    model.load_state_dict(sd)
+    info = blob.get("info", {})
+    return model.eval(), info if isinstance(info, dict) else {}

@@ -99,10 +99,11 @@ def run(args) -> int:
             prompts = list(EVAL_PROMPTS) + list(HELDOUT_PROMPTS)
         if args.samples < 2:
             raise ValueError(f"--samples must be >= 2 (diversity needs pairs), got {args.samples}")
-        os.makedirs(args.out, exist_ok=True)
+        clf = None
         if args.classifier and os.path.isfile(args.classifier):
-            clf, info = load_classifier(args.classifier)
-        else:
+            clf, info = load_classifier(args.classifier)  # before --out exists: a bad file leaves nothing behind
+        os.makedirs(args.out, exist_ok=True)
+        if clf is None:
             path = args.classifier or os.path.join(args.out, "classifier.pt")
             clf, info = train_classifier(n=args.classifier_clips, steps=args.classifier_steps, out_path=path)
             print(f"classifier trained: held-out accuracy {info['accuracy']}", flush=True)

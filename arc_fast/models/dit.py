@@ -240,6 +240,9 @@ class FastDiT(DiffusionTransformer):
         for i, blk in enumerate(self.transformer.layers):
             for name in ("pre_norm", "cross_attend_norm", "ff_norm"):
                 norm = getattr(blk, name, None)
+                if norm is not None and not torch.isfinite(norm.beta).all():
+                    raise ValueError(f"transformer.layers.{i}.{name}.beta holds NaN/Inf values: the DiT weights are "
+                                     f"damaged (load another checkpoint)")
                 if norm is not None and norm.beta.abs().max() != 0:
                     raise ValueError(f"transformer.layers.{i}.{name}.beta is non-zero: FastDiT's fused LayerNorm is "
                                      f"bias-less like Stable Audio's; use the reference DiffusionTransformer")

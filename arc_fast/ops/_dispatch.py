@@ -64,7 +64,10 @@ def use_backend(name: str | None):
 
 
 def interpreter_active() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors in Python."""
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors in Python.
+
+    ``arc_fast.kernels._common.interpreter_active`` answers the same for the kernels (they import nothing
+    from this layer, and this layer must not import triton to ask)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

@@ -14,7 +14,6 @@ import re
 import typing as tp
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 

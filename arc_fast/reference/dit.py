@@ -286,7 +286,17 @@ class DiffusionTransformer(nn.Module):
     Extra (not in Stable Audio): ``use_cross_attn_mask=False``. The reference ignores
     ``cross_attn_cond_mask`` (padded text tokens are attended to; SPEC 7.3): we do the same by default, and
     apply the mask when this is True.
+
+    Input checks (ValueError naming the argument): x a floating (B, io_channels, T) tensor, t (B,), the
+    conditioning and mask shapes ((B, S) for a text mask of S tokens, (B, T) for ``mask``), ``cfg_scale`` a
+    finite number. ``check_finite`` (class or instance attribute) also rejects NaN/Inf in x and t: False (the
+    default: a sampler's own guard names the step that went wrong, which a check on the next step's input
+    would hide) never; None checks CPU inputs only, where it costs one pass over x and no device sync; True
+    checks on every device (one host sync per call). It is skipped inside ``torch.compile`` and during CUDA
+    graph capture, where a host sync is not allowed.
     """
+
+    check_finite: bool | None = False
 
     def __init__(self, io_channels: int = 32, patch_size: int = 1, embed_dim: int = 768, cond_token_dim: int = 0,
                  project_cond_tokens: bool = True, global_cond_dim: int = 0, project_global_cond: bool = True,
@@ -413,6 +423,8 @@ class DiffusionTransformer(nn.Module):
         if causal:
             raise NotImplementedError("causal mode is not supported by the DiffusionTransformer")
         self._check_inputs(x, t, cross_attn_cond, global_embed)
+        self._check_extras(x, t, cross_attn_cond, cross_attn_cond_mask, negative_cross_attn_cond,
+                           negative_cross_attn_mask, cfg_scale, mask)
         dtype = next(self.parameters()).dtype
         cast = lambda a: a.to(dtype) if a is not None else None  # noqa: E731
         x, t = cast(x), cast(t)
@@ -473,6 +485,40 @@ class DiffusionTransformer(nn.Module):
             cfg_std = cfg_out.std(dim=1, keepdim=True)
             cfg_out = scale_phi * (cfg_out * (cond_std / cfg_std)) + (1 - scale_phi) * cfg_out
         return cfg_out
+
+    def _check_extras(self, x, t, cond, cond_mask, neg_cond, neg_mask, cfg_scale, mask) -> None:
+        """dtype, mask shapes, cfg_scale and (per ``check_finite``) NaN/Inf in x and t."""
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor (float32/float16/bfloat16), got {x.dtype}")
+        if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"t must be a float tensor of noise levels, got "
+                             f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        b = x.shape[0]
+        for name, m, c in (("cross_attn_cond_mask", cond_mask, cond), ("negative_cross_attn_mask", neg_mask, neg_cond)):
+            if m is not None:
+                tokens = c.shape[1] if isinstance(c, torch.Tensor) and c.dim() == 3 else None
+                if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[0] != b or (
+                        tokens is not None and m.shape[1] != tokens):
+                    raise ValueError(f"{name} must have shape ({b}, {tokens if tokens is not None else 'tokens'}) "
+                                     f"(one flag per text token), got "
+                                     f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (b, x.shape[2])):
+            raise ValueError(f"mask must have shape ({b}, {x.shape[2]}), got "
+                             f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float, torch.Tensor)):
+            raise ValueError(f"cfg_scale must be a number, got {type(cfg_scale).__name__}")
+        if isinstance(cfg_scale, (int, float)) and not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
+        check = self.check_finite
+        if check is False or torch.compiler.is_compiling() or (check is None and x.device.type != "cpu"):
+            return
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return
+        for name, v in (("x", x), ("t", t)):
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{name} holds NaN/Inf values (non-finite input, not a weights problem)")
+        if isinstance(cfg_scale, torch.Tensor) and not bool(torch.isfinite(cfg_scale).all()):
+            raise ValueError("cfg_scale holds NaN/Inf values")
 
     def _check_inputs(self, x, t, cross_attn_cond, global_embed):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:

@@ -8,8 +8,9 @@ Shard format (one ``*.safetensors`` file per shard):
 
 ``LatentDataset`` checks every shard when it is opened (header only: the latents are read lazily per item)
 and raises ``ShardError`` naming the file for a missing key, wrong rank or channel count, a prompt count
-that differs from N, or non-finite latents. ``build_latent_dataset`` writes such shards from an audio
-folder and a captions file with the pipeline's autoencoder.
+that differs from N, a ``seconds_total`` that is not a finite number >= 0, or non-finite latents.
+``build_latent_dataset`` writes such shards from an audio folder and a captions file with the pipeline's
+autoencoder.
 
 ``ResumableBatchSampler`` gives each process its slice of a seeded per-epoch shuffle (through
 ``torch.utils.data.DistributedSampler``) and can start at any batch, so a resumed run reads the same batches
@@ -26,6 +27,8 @@ import typing as tp
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from ..audio import read_audio
 
 SIDE_SUFFIX = ".jsonl"
 
@@ -49,6 +52,12 @@ def _read_header(path: str):
     return keys, meta, shape, dtype
 
 
+def _check_seconds(value, where: str) -> None:
+    # JSON parses NaN and Infinity; the conditioner would turn them into a non-finite loss steps later.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ShardError(f"{where} must be a finite number of seconds >= 0, got {value!r}")
+
+
 def _read_records(path: str, meta: dict, n: int) -> list[dict]:
     side = os.path.splitext(path)[0] + SIDE_SUFFIX
     if "prompts" in meta:
@@ -59,9 +68,10 @@ def _read_records(path: str, meta: dict, n: int) -> list[dict]:
             raise ShardError(f"{path}: metadata 'prompts'/'seconds_total' is not valid JSON ({exc})") from exc
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise ShardError(f"{path}: metadata 'prompts' must be a JSON list of strings")
-        if seconds is not None and (not isinstance(seconds, list) or len(seconds) != len(prompts)
-                                    or not all(isinstance(s, (int, float)) for s in seconds)):
+        if seconds is not None and (not isinstance(seconds, list) or len(seconds) != len(prompts)):
             raise ShardError(f"{path}: metadata 'seconds_total' must be a JSON list of {len(prompts)} numbers")
+        for i, sec in enumerate(seconds or []):
+            _check_seconds(sec, f"{path}: metadata 'seconds_total'[{i}]")
         records = [{"prompt": p, "seconds_total": None if seconds is None else float(s)}
                    for p, s in zip(prompts, seconds or [None] * len(prompts))]
     elif os.path.isfile(side):
@@ -77,6 +87,8 @@ def _read_records(path: str, meta: dict, n: int) -> list[dict]:
                 if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
                     raise ShardError(f"{side}: line {ln} needs a string 'prompt'")
                 sec = rec.get("seconds_total")
+                if sec is not None:
+                    _check_seconds(sec, f"{side}: line {ln} 'seconds_total'")
                 records.append({"prompt": rec["prompt"], "seconds_total": None if sec is None else float(sec)})
     else:
         raise ShardError(f"{path}: no prompts (neither a 'prompts' metadata entry nor a sidecar {side})")
@@ -232,40 +244,18 @@ def read_captions(path: str) -> list[tuple[str, str]]:
                         rec = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise ValueError(f"{path}: line {ln} is not valid JSON ({exc})") from exc
-                    out.append((pick(rec, file_keys, "file", f"{path}:{ln}"), pick(rec, cap_keys, "caption", f"{path}:{ln}")))
+                    where = f"{path}:{ln}"
+                    out.append((pick(rec, file_keys, "file", where), pick(rec, cap_keys, "caption", where)))
     elif path.endswith(".csv"):
         with open(path, newline="") as f:
             for ln, rec in enumerate(csv.DictReader(f), 2):
-                out.append((pick(rec, file_keys, "file", f"{path}:{ln}"), pick(rec, cap_keys, "caption", f"{path}:{ln}")))
+                where = f"{path}:{ln}"
+                out.append((pick(rec, file_keys, "file", where), pick(rec, cap_keys, "caption", where)))
     else:
         raise ValueError(f"captions file must be .csv or .jsonl, got {path}")
     if not out:
         raise ValueError(f"{path}: no captions")
     return out
-
-
-def _load_audio(path: str, sample_rate: int, channels: int, resample: bool) -> torch.Tensor:
-    import soundfile as sf
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)  # (N, ch)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read audio ({exc.__class__.__name__}: {exc})") from exc
-    audio = torch.from_numpy(data.T.copy())  # (ch, N)
-    if sr != sample_rate:
-        if not resample:
-            raise ValueError(f"{path}: sample rate {sr} Hz, the model needs {sample_rate} Hz (resample the files, "
-                             f"or pass resample=True)")
-        try:  # the pipeline's band-limited (windowed-sinc) resampler, when this version has it
-            from ..pipeline import resample as sinc_resample
-            audio = sinc_resample(audio, sr, sample_rate)
-        except ImportError:  # naive linear interpolation (aliases on downsampling)
-            n = max(1, round(audio.shape[-1] * sample_rate / sr))
-            audio = torch.nn.functional.interpolate(audio[None], size=n, mode="linear", align_corners=False)[0]
-    if audio.shape[0] == 1 and channels > 1:
-        audio = audio.expand(channels, -1)
-    elif audio.shape[0] != channels:
-        raise ValueError(f"{path}: {audio.shape[0]} channels, the model takes {channels} (or mono)")
-    return audio.contiguous()
 
 
 def _write_shard(out_dir: str, index: int, latents: list[torch.Tensor], prompts: list[str], seconds: list[float],
@@ -289,7 +279,8 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
     captions_file: CSV or JSONL of (file, caption); ``file`` is relative to ``audio_folder``.
     seconds: clip length (default: the model's window); clips are cropped from the start or zero-padded,
     and ``seconds_total`` records the real (unpadded) duration. Files must be at the model's sample rate
-    unless ``resample=True`` (``arc_fast.pipeline.resample``'s windowed sinc; linear interpolation if absent).
+    unless ``resample=True`` (``arc_fast.audio.resample``). Channels follow ``arc_fast.audio.remix`` (mono is
+    copied, to mono channels are averaged, else the first channels are kept or repeated).
     sample_latents: draw from the VAE posterior (default: its mean, deterministic).
     """
     sr, hop = pipeline.sample_rate, pipeline.hop
@@ -315,7 +306,10 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
         else:
             lat = (enc.encode(audio, sample=sample_latents).float() / scale).cpu()
         for j, (_, cap, sec, fname) in enumerate(pending):
-            buf_lat.append(lat[j]); buf_p.append(cap); buf_s.append(sec); buf_f.append(fname)
+            buf_lat.append(lat[j])
+            buf_p.append(cap)
+            buf_s.append(sec)
+            buf_f.append(fname)
         pending.clear()
 
     it = pairs
@@ -326,7 +320,7 @@ def build_latent_dataset(pipeline, audio_folder: str, captions_file: str, out_di
         path = fname if os.path.isabs(fname) else os.path.join(audio_folder, fname)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{captions_file}: audio file not found: {path}")
-        audio = _load_audio(path, sr, channels, resample)
+        audio = read_audio(path, sr, channels, resample)
         dur = min(audio.shape[-1], window) / sr
         audio = audio[:, :window]
         if audio.shape[-1] < window:
@@ -350,7 +344,8 @@ def write_shard(path: str, latents: torch.Tensor, prompts: list[str], seconds_to
     """Write one shard (latents (N, C, T) + prompts in the metadata), atomically. Returns ``path``."""
     from safetensors.torch import save_file
     if latents.dim() != 3 or latents.shape[0] != len(prompts):
-        raise ValueError(f"latents must be (N, C, T) with N = len(prompts) = {len(prompts)}, got {tuple(latents.shape)}")
+        raise ValueError(f"latents must be (N, C, T) with N = len(prompts) = {len(prompts)}, "
+                         f"got {tuple(latents.shape)}")
     meta = {"prompts": json.dumps(list(prompts))}
     if seconds_total is not None:
         meta["seconds_total"] = json.dumps([float(s) for s in seconds_total])

@@ -23,10 +23,14 @@ Distributed (``torchrun``): DDP by default (G and D wrapped; in G steps D runs u
 ``backward(inputs=G's parameters)`` skips its weight gradients), or FSDP2 with ``fsdp: true`` (``fully_shard``
 per block; DTensor parameters and EMA). See ``distributed.py`` and docs/train.md.
 
-Checkpoints (``<out_dir>/checkpoints/last.pt`` + step-numbered copies) are written atomically by rank 0 and
-hold G, D, EMA, both optimisers, schedulers and scalers, the step, and every rank's RNG states (torch CPU and
-CUDA, Python, NumPy, the noise-level samplers and the noise generator): a resumed run continues bit-exactly
-(on the same hardware, world size and kernels). The final export writes the EMA generator as a Stable Audio
+Checkpoints (``<out_dir>/checkpoints/step-XXXXXXXX.pt``, and ``last.pt``: a small pointer file naming the newest
+one, replaced atomically; with ``keep_checkpoints: 0`` ``last.pt`` is the checkpoint itself) are written
+atomically by rank 0 and hold G, D, EMA, both optimisers, schedulers and scalers, the step, and every rank's RNG
+states (torch CPU and CUDA, Python, NumPy, the noise-level samplers and the noise generator): a resumed run
+continues bit-exactly (on the same hardware, world size and kernels). They hold only tensors, plain containers,
+numbers and strings, and are read with ``torch.load(weights_only=True)``: no code from a checkpoint runs.
+Checkpoints of format 1 (NumPy arrays in the RNG state; ``last.pt`` a hard link) are read through the loader's
+inert unpickler and still resume. The final export writes the EMA generator as a Stable Audio
 model folder marked ``arc_post_trained`` (ping-pong sampling by default in ``load_pipeline``).
 """
 from __future__ import annotations
@@ -36,14 +40,16 @@ import copy
 import json
 import math
 import os
+import pickle
 import random
-import shutil
 import time
 import warnings
 
 import numpy as np
 import torch
 
+from ..loader import (CheckpointError, fsync_dir, read_file, resolve_pointer, weights_only_reason,
+                      write_pointer)
 from ..reference.conditioners import assemble_dit_inputs
 from . import distributed as D
 from .config import TrainConfig
@@ -53,7 +59,11 @@ from .dit import make_dit
 from .losses import (NoiseLevelSampler, contrastive_d_loss, derangement, ema_decay, ema_update_,
                      finite_difference_penalty, relativistic_d_loss, relativistic_g_loss, renoise)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: weights_only-loadable (NumPy RNG state as a tensor); 1: NumPy arrays pickled
+_READABLE_FORMATS = (1, 2)
+# What every checkpoint holds (load_checkpoint names the missing ones instead of failing on the first).
+_REQUIRED = ("format", "step", "ema_updates", "config", "world_size", "fsdp", "opt_g", "opt_d", "sched_g", "sched_d",
+             "scaler_g", "scaler_d", "ranks", "G", "D", "ema")
 # Config fields that may change across a resume without changing the training trajectory.
 _RESUME_FREE = {"steps", "log_every", "ckpt_every", "keep_checkpoints", "progress", "tensorboard", "export_dir",
                 "export_on_finish", "out_dir", "num_workers", "model", "data"}
@@ -70,14 +80,37 @@ def _seed_all(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # NumPy's state as plain values and a tensor: the checkpoint stays torch.load(weights_only=True)-loadable.
+    numpy_state = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state,
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _legacy_numpy_array(obj) -> np.ndarray:
+    """A uint32 NumPy array that the loader's inert unpickler kept as a placeholder (format-1 checkpoints)."""
+    state = getattr(obj, "__dict__", {}).get("_state")
+    if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], (bytes, bytearray))):
+        raise ValueError("the NumPy RNG state is not a pickled array")
+    dtype = state[2]
+    code = getattr(dtype, "__dict__", {}).get("_args", (None,))[0]
+    order = (getattr(dtype, "__dict__", {}).get("_state") or (None, "<"))[1]
+    if code != "u4" or order not in ("<", ">", "=", "|"):
+        raise ValueError(f"the NumPy RNG state has dtype {code!r}, expected 'u4'")
+    return np.frombuffer(bytes(state[4]), dtype=np.dtype(">u4" if order == ">" else "<u4")).reshape(state[1])
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    ns = state["numpy"]
+    if isinstance(ns, dict):
+        np.random.set_state((ns["kind"], ns["keys"].numpy().astype(np.uint32), ns["pos"], ns["has_gauss"],
+                             ns["cached_gaussian"]))
+    else:  # format 1: NumPy's own tuple (an array, or the inert unpickler's placeholder of one)
+        keys = ns[1] if isinstance(ns[1], np.ndarray) else _legacy_numpy_array(ns[1])
+        np.random.set_state((ns[0], keys, *ns[2:]))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -90,23 +123,96 @@ def _atomic_save(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """Atomically make ``dst`` a copy of ``src`` (a hard link when the filesystem allows it)."""
-    tmp = f"{dst}.tmp.{os.getpid()}"
+def read_checkpoint_file(path: str) -> dict:
+    """The state dict of an ARC trainer checkpoint (``last.pt`` pointers followed), read without running code:
+    ``torch.load(weights_only=True)``; format-1 checkpoints (pickled NumPy arrays) through the loader's inert
+    unpickler. Raises RuntimeError naming the file when it cannot be read or is not a trainer checkpoint."""
     try:
+        target = resolve_pointer(path)
+    except (CheckpointError, OSError) as exc:
+        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+    try:
+        state = torch.load(target, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as refusal:
         try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            state = read_file(target)[0]
+        except (CheckpointError, OSError) as exc:
+            raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+        if not (isinstance(state, dict) and state.get("format") == 1):
+            raise RuntimeError(f"refused checkpoint {path}: it holds pickled objects other than tensors "
+                               f"({weights_only_reason(refusal)}; only format-1 arc_fast checkpoints may); nothing "
+                               f"from the file was run") from refusal
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is one error naming the file
+        raise RuntimeError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") not in _READABLE_FORMATS:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise RuntimeError(f"{path} is not an arc_fast ARC checkpoint (format {found!r}; readable: "
+                           f"{', '.join(map(str, _READABLE_FORMATS))})")
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks {', '.join(repr(k) for k in missing)} (an incomplete or foreign "
+                           f"file; resume from another step-*.pt)")
+    return state
+
+
+def _shape(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+def _check_tensors(path: str, what: str, live: dict, saved) -> None:
+    """Raise one line naming every key/shape/dtype difference between ``saved`` and a live state dict, and the
+    first non-finite saved tensor."""
+    if not isinstance(saved, dict):
+        raise RuntimeError(f"checkpoint {path}: {what!r} is a {type(saved).__name__}, expected tensors by name")
+    missing = [k for k in live if k not in saved]
+    unexpected = [k for k in saved if k not in live]
+    wrong = [k for k in live if k in saved and (not isinstance(saved[k], torch.Tensor)
+                                                or saved[k].shape != D.local(live[k]).shape
+                                                or saved[k].dtype != live[k].dtype)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("; ".join(f"{k}: checkpoint {_shape(saved[k])}, model {_shape(D.local(live[k]))}"
+                                   for k in wrong[:3]) + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""))
+        for label, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                parts.append(f"{label} {', '.join(keys[:4])}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+        raise RuntimeError(f"checkpoint {path}: {what!r} does not fit this run's model: {'; '.join(parts)} (resume "
+                           f"with the config and world size the run was started with)")
+    for k in live:
+        v = saved[k]
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise RuntimeError(f"checkpoint {path}: {what}[{k!r}] holds NaN/Inf values (a damaged file; resume from "
+                               f"another step-*.pt)")
+
+
+def _check_optimizer(path: str, what: str, opt: torch.optim.Optimizer, saved, names: dict) -> None:
+    """Raise one line when a saved optimiser state does not fit ``opt`` (group sizes, per-parameter shapes)."""
+    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
+            and isinstance(saved.get("param_groups"), list)):
+        raise RuntimeError(f"checkpoint {path}: {what!r} is not an optimiser state (needs 'state' and 'param_groups')")
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    saved_sizes = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in saved["param_groups"]]
+    if sizes != saved_sizes:
+        raise RuntimeError(f"checkpoint {path}: {what!r} has parameter groups of {saved_sizes} tensors, this run "
+                           f"{sizes} (resume with the config the run was started with)")
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, st in saved["state"].items():
+        if not (isinstance(i, int) and 0 <= i < len(params) and isinstance(st, dict)):
+            raise RuntimeError(f"checkpoint {path}: {what!r} has state for parameter {i!r} of {len(params)}")
+        shape = D.local(params[i]).shape
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != shape:
+                raise RuntimeError(f"checkpoint {path}: {what} state {k!r} of {names.get(id(params[i]), i)}: "
+                                   f"checkpoint {_shape(v)}, parameter {tuple(shape)}")
 
 
 class _MetricsLogger:
@@ -440,9 +546,9 @@ class ARCTrainer:
         cfg = self.cfg
         total = cfg.steps if steps is None else int(steps)
         main = self.dist.is_main
-        if main and self._logger is None:
-            self._logger = _MetricsLogger(cfg.out_dir, cfg.tensorboard)
         if self._batches is None:
+            # The data first: a bad shard or setting fails here, before the run folder exists (the metrics log
+            # and the checkpoints create it once a step has run).
             self._batches = self._batch_iter()
         bar = None
         if main and cfg.progress:
@@ -467,8 +573,8 @@ class ARCTrainer:
             if self._saved_step != self.step:
                 self.save_checkpoint()
             in_sync = self.check_ranks_in_sync()
-            if in_sync is not None and main and self._logger is not None:
-                self._logger.log(self.step, {"ranks_in_sync": in_sync})
+            if in_sync is not None and main:
+                self._metrics_logger().log(self.step, {"ranks_in_sync": in_sync})
             if cfg.export_on_finish:
                 self.export()
         finally:
@@ -480,9 +586,14 @@ class ARCTrainer:
         means = {k: float(np.mean(v)) for k, v in window.items()}
         # Every rank sees the same metric keys (the G/D schedule is global), so the reduction lines up.
         means = D.mean_across_ranks(self.dist, means)
-        if self.dist.is_main and self._logger is not None:
-            self._logger.log(self.step, means)
+        if self.dist.is_main:
+            self._metrics_logger().log(self.step, means)
         return means
+
+    def _metrics_logger(self) -> "_MetricsLogger":
+        if self._logger is None:
+            self._logger = _MetricsLogger(self.cfg.out_dir, self.cfg.tensorboard)
+        return self._logger
 
     def check_ranks_in_sync(self) -> bool | None:
         """Under DDP: True if G, D and the EMA are bitwise equal on every rank, else False with a warning
@@ -522,8 +633,9 @@ class ARCTrainer:
         return {"G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(), "ema": self.ema.state_dict()}
 
     def save_checkpoint(self) -> str:
-        """Write ``last.pt`` (+ ``step-XXXXXXXX.pt``, pruned to ``keep_checkpoints``) atomically; returns the path.
-        Rank 0 writes (every rank under FSDP, one shard file each); all ranks wait for it."""
+        """Write ``step-XXXXXXXX.pt`` (pruned to ``keep_checkpoints``) and point ``last.pt`` at it, or, with
+        ``keep_checkpoints: 0``, ``last.pt`` itself; atomically. Returns the ``last.pt`` path. Rank 0 writes
+        (every rank under FSDP, one shard file each); all ranks wait for it."""
         cfg = self.cfg
         ranks = D.gather_objects(self.dist, self._local_state())
         state = {"format": CHECKPOINT_FORMAT, "step": self.step, "ema_updates": self.ema_updates,
@@ -542,7 +654,7 @@ class ARCTrainer:
             if cfg.keep_checkpoints > 0:
                 numbered = os.path.join(folder, f"step-{self.step:08d}.pt{suffix}")
                 _atomic_save(state, numbered)
-                _link_or_copy(numbered, last)
+                write_pointer(last, numbered)  # never a hard link: damaging one file must not damage the other
                 old = sorted(f for f in os.listdir(folder) if f.startswith("step-") and f.endswith(f".pt{suffix}"))
                 for f in old[:-cfg.keep_checkpoints]:
                     os.remove(os.path.join(folder, f))
@@ -554,17 +666,16 @@ class ARCTrainer:
         return self.last_checkpoint
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore everything ``save_checkpoint`` wrote; the next ``train_step`` continues the saved run."""
+        """Restore everything ``save_checkpoint`` wrote; the next ``train_step`` continues the saved run.
+        ``path`` may be a ``last.pt`` pointer. Any mismatch with this run is one RuntimeError naming the file,
+        the entry and the shapes; the weights and optimiser states are all checked before any is changed."""
         if self.fsdp:
             path = f"{path}.rank{self.dist.rank}"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise RuntimeError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise RuntimeError(f"{path} is not an arc_fast ARC checkpoint (format {CHECKPOINT_FORMAT})")
-        if state["fsdp"] != self.fsdp:
+        state = read_checkpoint_file(path)
+        if bool(state["fsdp"]) != self.fsdp:
             raise RuntimeError(f"{path} was written with fsdp={state['fsdp']}, this run has fsdp={self.fsdp}")
+        if not isinstance(state["config"], dict) or not isinstance(state["ranks"], list) or not state["ranks"]:
+            raise RuntimeError(f"checkpoint {path}: 'config' must be a dict and 'ranks' a non-empty list")
         changed = sorted(k for k, v in state["config"].items()
                          if k not in _RESUME_FREE and getattr(self.cfg, k, None) != v)
         if changed:
@@ -573,22 +684,49 @@ class ARCTrainer:
         if self.fsdp:
             self.G.reshard()
             self.D.reshard()
-            _load_local_(self.G.state_dict(), state["G"])
-            _load_local_(self.D.state_dict(), state["D"])
-            _load_local_(self.ema_params, state["ema"])
-            _load_fsdp_optimizer(self.opt_g, state["opt_g"])
-            _load_fsdp_optimizer(self.opt_d, state["opt_d"])
+            live = {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                    "ema": {str(i): p for i, p in enumerate(self.ema_params)}}
+            saved_ema = state["ema"]
+            if not isinstance(saved_ema, (list, tuple)) or len(saved_ema) != len(self.ema_params):
+                raise RuntimeError(f"checkpoint {path}: 'ema' must hold {len(self.ema_params)} local shards")
+            saved = {"G": state["G"], "D": state["D"], "ema": {str(i): t for i, t in enumerate(saved_ema)}}
         else:
-            self.G_raw.load_state_dict(state["G"])
-            self.D_raw.load_state_dict(state["D"])
-            self.ema.load_state_dict(state["ema"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
+            live = {"G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(), "ema": self.ema.state_dict()}
+            saved = {k: state[k] for k in live}
+        for what in live:
+            _check_tensors(path, what, live[what], saved[what])
+        names = {id(p): n for m in (self.G_raw, self.D_raw) for n, p in m.named_parameters()}
+        _check_optimizer(path, "opt_g", self.opt_g, state["opt_g"], names)
+        _check_optimizer(path, "opt_d", self.opt_d, state["opt_d"], names)
+        try:
+            if self.fsdp:
+                _load_local_(live["G"], state["G"])
+                _load_local_(live["D"], state["D"])
+                _load_local_(self.ema_params, list(state["ema"]))
+                _load_fsdp_optimizer(self.opt_g, state["opt_g"])
+                _load_fsdp_optimizer(self.opt_d, state["opt_d"])
+            else:
+                self.G_raw.load_state_dict(state["G"])
+                self.D_raw.load_state_dict(state["D"])
+                self.ema.load_state_dict(state["ema"])
+                self.opt_g.load_state_dict(state["opt_g"])
+                self.opt_d.load_state_dict(state["opt_d"])
+            self._restore_counters(path, state)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RuntimeError(f"checkpoint {path}: cannot restore the training state ({exc.__class__.__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        self._batches = None
+        self.last_checkpoint = path if not self.fsdp else path.rsplit(".rank", 1)[0]
+        self._saved_step = self.step
+
+    def _restore_counters(self, path: str, state: dict) -> None:
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
         self.step, self.ema_updates = int(state["step"]), int(state["ema_updates"])
+        if self.step < 0 or self.ema_updates < 0:
+            raise ValueError(f"negative step {self.step} / ema_updates {self.ema_updates}")
         ranks = state["ranks"]
         if state["world_size"] == self.dist.world_size:
             local = ranks[self.dist.rank]
@@ -602,9 +740,6 @@ class ARCTrainer:
                           stacklevel=2)
             _seed_all(self.cfg.seed + 1000003 * self.dist.rank + self.step)
             self.noise_gen.manual_seed(self.cfg.seed * 104729 + self.dist.rank + self.step)
-        self._batches = None
-        self.last_checkpoint = path if not self.fsdp else path.rsplit(".rank", 1)[0]
-        self._saved_step = self.step
 
     # ----------------------------------------------------------------------------------------- export
     def export(self, directory: str | None = None) -> str | None:

@@ -37,8 +37,6 @@ def main(argv=None):
     p.add_argument("--defaults", default=None,
                    help='sampler defaults written into the config, JSON, e.g. \'{"steps": 8, "cfg_scale": 4}\'')
     a = p.parse_args(argv)
-    import numpy as np
-    import torch
     from arc_fast.eval.metrics import cents, estimate_f0
     from arc_fast.pipeline import load_pipeline
 
