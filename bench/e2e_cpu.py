@@ -342,9 +342,8 @@ def _describe_pipeline(p: Provider) -> None:
     pipe = getattr(p, "holder", {}).get("pipe")
     if pipe is None:
         return
-    dit_dt = _dname(getattr(pipe, "dtype", None))
-    if any(type(m).__name__.lower().startswith(("int8", "quant")) for m in pipe.dit.modules()) or p.key == "int8":
-        dit_dt = "int8"
+    # The pipeline names its DiT precision ("int8" for torchao's int8 DiT, whose activations stay fp32).
+    dit_dt = getattr(pipe, "dit_precision", None) or _dname(getattr(pipe, "dtype", None))
     p.precision = (dit_dt, _dname(pipe.autoencoder_dtype))
     said = [n for n in getattr(pipe, "load_notes", []) if any(w in n.lower() for w in
                                                                ("dtype", "precision", "bf16", "int8", "auto",
