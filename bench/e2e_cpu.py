@@ -311,9 +311,17 @@ def _pipeline_provider(key, name, folder, seconds, dtype, autoencoder_dtype, pre
             holder["pipe"] = load_pipeline(folder, device="cpu", **kw)
 
     def setup():
+        if key == "int8":
+            try:
+                from arc_fast.cpu import torchao_available
+            except ImportError:
+                torchao_available = None
+            why = torchao_available() if torchao_available is not None else None
+            if why:
+                raise Unavailable(f"int8 DiT: {why}")
         try:
             load()
-        except (ValueError, TypeError, ImportError, NotImplementedError) as exc:
+        except (ValueError, TypeError, ImportError, NotImplementedError, RuntimeError) as exc:
             if key == "int8":
                 raise Unavailable(f"load_pipeline(dtype='int8') is not available here: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:200]}") from None

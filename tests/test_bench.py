@@ -173,11 +173,15 @@ def test_e2e_cpu_absent_peers_are_skipped_rows(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(models, "load_sat", lambda *a: (None, "stable-audio-tools absent in this test"))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)     # import -> ImportError
+    import arc_fast.cpu
+    monkeypatch.setattr(arc_fast.cpu, "torchao_available", lambda: "torchao is not usable (hidden by this test)")
     ctx = common.Context(device="cpu", quick=True, compile=False,
-                         options={"e2e_providers": ["sat", "sat-bf16", "onnx", "fp32"]})
+                         options={"e2e_providers": ["sat", "sat-bf16", "onnx", "fp32", "int8"]})
     rows = e2e_cpu.run_cpu(ctx)
     totals = {r.provider: r for r in rows if r.op == "total (text -> audio)"}
-    assert set(totals) == {"reference", "stable-audio-tools autocast-bf16", "onnxruntime", "arc_fast fp32"}
+    assert set(totals) == {"reference", "stable-audio-tools autocast-bf16", "onnxruntime", "arc_fast fp32",
+                           "arc_fast int8"}
+    assert totals["arc_fast int8"].status == "skipped" and "hidden by this test" in totals["arc_fast int8"].notes
     assert totals["stable-audio-tools autocast-bf16"].status == "skipped"
     assert "absent in this test" in totals["stable-audio-tools autocast-bf16"].notes
     assert totals["onnxruntime"].status == "skipped" and "onnxruntime / onnx not installed" in totals["onnxruntime"].notes
