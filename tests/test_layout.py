@@ -17,7 +17,7 @@ LAYERS = {
     "oracle": ({"reference", "_cuda"}, set()),
     "ops": ({"ops"}, {"oracle", "kernels"}),
     "models": ({"models"}, {"ops", "oracle"}),
-    "plumbing": ({"sampling", "audio", "guards", "cuda_graphs", "loader", "int8", "cpu", "dtypes", "configs"}, {"oracle"}),
+    "plumbing": ({"sampling", "audio", "guards", "cuda_graphs", "loader", "files", "int8", "cpu", "dtypes", "configs"}, {"oracle"}),
     "pipeline": ({"pipeline"}, {"plumbing", "oracle"}),
     "loading": ({"loading", "convert"}, {"pipeline", "models", "plumbing", "oracle"}),
 }
