@@ -630,7 +630,7 @@ def _cpu_extras(ctx, cfg, frames, B, ref_dit, fast_dit, fast_dec, cond_module) -
                                    f"max {err:.2e} x max|out|, rel RMS {rms:.2e}; int8 weights, fp32 activations "
                                    f"between layers; seeded random weights, so the error says little about "
                                    f"trained-model audio quality"), tq, step_flops, "TFLOP/s", pm))
-    del qdit
+    qdit = None     # frees the quantised copy (a del would confuse pyflakes: the lambdas above read it)
     rows.append(_own_int8_row(ctx, ref_dit, fast_dit, x, t, cond, want, label, step_flops))
     return rows
 
@@ -660,7 +660,7 @@ def _own_int8_row(ctx, ref_dit, fast_dit, x, t, cond, want, label, step_flops) -
             rms = ((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt()).item()
             with ctx.peak_memory() as pm:
                 tq = ctx.time(lambda: dit8(x, t, **cond), long=True)
-        del dit8
+        dit8 = None
     except Exception as exc:  # noqa: BLE001
         return failed(SUITE, "dit_step (int8)", label, "fp32", name, "fwd",
                       f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", True)
