@@ -52,7 +52,7 @@ setup(
     packages=find_packages(include=["arc_fast", "arc_fast.*"]) + ["arc_fast.kernels", "arc_fast.csrc"],
     package_dir={"arc_fast.kernels": "kernels", "arc_fast.csrc": "csrc"},
     # csrc ships as data: arc_fast/_cuda.py compiles csrc/snake_conv.cu with NVRTC (CuPy) at run time.
-    package_data={"arc_fast": ["assets/*", "assets/**/*"], "arc_fast.csrc": ["*.cu", "*.h", "*.cpp"]},
+    package_data={"arc_fast": ["assets/*", "assets/**/*", "py.typed"], "arc_fast.csrc": ["*.cu", "*.h", "*.cpp"]},
     include_package_data=True,
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,7 +1,8 @@
 """arc-fast: fused kernels, ARC post-training and few-step sampling for Stable-Audio-style text-to-audio.
 
 Public API (imported lazily so that ``import arc_fast`` stays cheap):
-``FastDiT``, ``FastOobleckDecoder``, ``load_pipeline``, ``Pipeline``, ``generate``, ``ARCTrainer``.
+``FastDiT``, ``FastOobleckDecoder``, ``load_pipeline``, ``Pipeline``, ``generate``, ``ARCTrainer``, and ``patch``
+(``arc_fast.patch(model)`` swaps the fused modules into a stable-audio-tools model; see ``arc_fast/patch.py``).
 """
 __version__ = "0.1.0"
 
@@ -13,10 +14,13 @@ _LAZY = {
     "ARCTrainer": ("arc_fast.train.trainer", "ARCTrainer"),
 }
 
-__all__ = [*_LAZY, "generate"]
+__all__ = [*_LAZY, "generate", "patch"]
 
 
 def __getattr__(name):
+    if name == "patch":  # a callable module (arc_fast/patch.py): importing it binds this name to it
+        import importlib
+        return importlib.import_module("arc_fast.patch")
     if name in _LAZY:
         import importlib
         mod, attr = _LAZY[name]

@@ -390,7 +390,8 @@ def _load(name: str):
                 rt = _ExtRuntime()
             else:
                 if importlib.util.find_spec("cupy") is None:
-                    raise RuntimeError("cupy is not installed (pip install 'arc-fast[gpu]')")
+                    raise RuntimeError("cupy is not installed (pip install 'arc-fast[gpu]' for CUDA 13, "
+                                       "'arc-fast[gpu-cu12]' for CUDA 12)")
                 rt = _CupyRuntime()
         except Exception as exc:  # noqa: BLE001 - any failure is a reason, never an import error
             msg = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"

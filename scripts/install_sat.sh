@@ -7,7 +7,9 @@
 #                      einops-exts, and any base package (safetensors, einops, ...) missing from the venv
 #   .sat/sat-0.0.19    stable_audio_tools 0.0.19 (SPEC.md section 7 was measured on it): DiT + Oobleck
 #   .sat/sat-0.0.20    stable_audio_tools 0.0.20 (newest; declares Requires-Python <3.11, so installed
-#                      with --ignore-requires-python): its DiT imports, its autoencoders need scipy/pywt/torchsde
+#                      with --ignore-requires-python), plus scipy, PyWavelets, torchsde (+ trampoline): its
+#                      autoencoders and inference.generation import them at module level (tests/test_patch_sat.py
+#                      runs its generate_diffusion_cond); without them only its DiT tests run
 #   tests/sat_stubs    torchaudio / k_diffusion / pytorch_lightning import stubs (in the repo, not here)
 #
 # Idempotent (a stamp file records what was installed and for which interpreter). Prints one line and
@@ -23,6 +25,8 @@ SAT_VERSIONS="0.0.19 0.0.20"
 # Only what `import stable_audio_tools.models.{dit,autoencoders}` executes: huggingface_hub 2.x imports
 # httpx2 (-> idna) and yaml at module load; httpcore2/anyio/hf-xet/click are only needed for real downloads.
 DEPS="huggingface_hub==2.4.0 httpx2==2.16.2 idna pyyaml alias-free-torch==0.0.6 einops-exts==0.0.4"
+# 0.0.20's generation / autoencoder imports (installed beside it, so 0.0.19 runs without them as before).
+DEPS20="scipy PyWavelets torchsde==0.2.6 trampoline==0.1.2"
 # Base packages (import name = pip name) the code imports that the project venv normally has; installed
 # into .sat/site only when absent.
 BASE="safetensors einops numpy packaging filelock fsspec tqdm typing_extensions"
@@ -48,7 +52,7 @@ if ! probed=$("$PY" -c "$probe" $BASE 2>/dev/null); then
 fi
 pyver="${probed%%|*}"
 missing="${probed#*|}"
-stamp="sat=$SAT_VERSIONS deps=$DEPS $pyver stubs=$(cat "$STUBS"/*/*.py 2>/dev/null | cksum | cut -d' ' -f1)"
+stamp="sat=$SAT_VERSIONS deps=$DEPS deps20=$DEPS20 $pyver stubs=$(cat "$STUBS"/*/*.py 2>/dev/null | cksum | cut -d' ' -f1)"
 
 # One interpreter checks both versions (importing torch + torch._dynamo dominates the run time): each
 # version is imported from its own folder, then purged from sys.modules before the next. Prints one
@@ -91,6 +95,11 @@ pipi --target "$SAT/sat-0.0.19" "stable-audio-tools==0.0.19" || fail "pip could 
 note=""
 pipi --ignore-requires-python --target "$SAT/sat-0.0.20" "stable-audio-tools==0.0.20" \
     || { note="; 0.0.20 not installed (pip failed), its tests will skip"; rm -rf "$SAT/sat-0.0.20"; }
+if [ -d "$SAT/sat-0.0.20" ]; then
+    # shellcheck disable=SC2086
+    pipi --target "$SAT/sat-0.0.20" $DEPS20 \
+        || note="; $DEPS20 not installed (pip failed): 0.0.20's generation tests will skip"
+fi
 
 report=$(HF_HUB_OFFLINE=1 "$PY" -c "$CHECK" "$SAT" "$STUBS" 2>>"$SAT/install.log")
 echo "$report" >>"$SAT/install.log"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from utils import assert_close_to_ref
+from utils import assert_close_to_ref, assert_same_maths
 
 from arc_fast.ops import adaln as ops_adaln
 from arc_fast.reference.functional import adaln_modulate, gated_residual, layer_norm
@@ -129,12 +129,13 @@ def test_gradient_subsets():
     """Frozen parameters (no grad) take the path without reductions; x frozen still gives parameter grads."""
     x, gamma, scale, shift, dy = make_inputs(2, 7, 100, torch.float32, seed=2)
     full = _run(_adaln_triton, [x, gamma, scale, shift], dy, "random")
+    # Another kernel specialisation (constexpr flags) than the full backward: equal up to fp32 rounding.
     xr = x.clone().requires_grad_()
     _adaln_triton(xr, gamma, scale, shift).backward(dy)
-    torch.testing.assert_close(xr.grad, full[1], rtol=0, atol=0)
+    assert_same_maths("dx (x only)", xr.grad, full[1])
     sr = scale.clone().requires_grad_()
     _adaln_triton(x, gamma, sr, shift).backward(dy)
-    torch.testing.assert_close(sr.grad, full[3], rtol=0, atol=0)
+    assert_same_maths("dscale (scale only)", sr.grad, full[3])
 
 
 @pytest.mark.parametrize("mod_shape", ["B,D", "B,1,D", "1,D", "1,1,D"])
@@ -154,8 +155,9 @@ def test_noncontiguous_inputs():
     gamma = (1 + 0.1 * torch.randn(D, generator=g)).to(DEVICE)
     dy = torch.randn(B, L, D, generator=g).to(DEVICE)
     y = _adaln_triton(x, gamma, scale, shift)
-    torch.testing.assert_close(y, _adaln_triton(x.contiguous(), gamma, scale.contiguous(), shift.contiguous()),
-                               rtol=0, atol=0)
+    # On the GPU the autotuner may pick another block size for other strides (another reduction order).
+    assert_same_maths("strided vs contiguous",
+                      y, _adaln_triton(x.contiguous(), gamma, scale.contiguous(), shift.contiguous()))
     _compare(ADALN_NAMES, _adaln_triton, adaln_modulate, [x, gamma, scale, shift], dy, torch.float32, "random")
     dy_t = dy.transpose(1, 2).contiguous().transpose(1, 2)  # a cotangent with non-unit column stride
     _compare(ADALN_NAMES, _adaln_triton, adaln_modulate, [x, gamma, scale, shift], dy_t, torch.float32, "random")

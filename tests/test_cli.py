@@ -151,3 +151,121 @@ def test_cli_delegation_without_the_package(capsys, monkeypatch):
     assert code == 2 and "training is unavailable" in err and "arc-fast[train]" in err
     code, out, _ = _main(capsys, "info")  # the rest of the CLI is unaffected
     assert code == 0
+
+
+# ------------------------------------------------------------------------ output formats and --prompts FILE
+GEN_FAST = ("--steps", "1", "--short-window", "--seconds", "0.05", "--quiet")
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
+def test_cli_output_format_from_the_extension(capsys, micro_dir, tmp_path, ext):
+    out = tmp_path / f"clip.{ext.upper() if ext == 'flac' else ext}"   # the extension's case does not matter
+    code, _, err = _main(capsys, "generate", "x", "-o", str(out), "--model", str(micro_dir), *GEN_FAST)
+    assert code == 0, err
+    info = sf.info(out)
+    assert info.format == {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}[ext] and info.samplerate == 8000
+    assert info.channels == 2 and abs(info.frames - 400) <= 1
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-o", "clip.mp3"], "extension, one of .wav, .flac, .ogg"),
+    (["-o", "clip.wav", "--format", "flac"], "--format applies to --prompts"),
+    ([], "give either a prompt or --prompts"),
+])
+def test_cli_refuses_other_formats_in_one_line(capsys, micro_dir, tmp_path, args, match):
+    args = [a if not a.startswith("clip.") else str(tmp_path / a) for a in args]
+    prompt = [] if not args else ["x"]
+    code, _, err = _main(capsys, "generate", *prompt, "--model", str(micro_dir), *args, *GEN_FAST)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def _prompts_file(tmp_path, lines):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _count_loads(monkeypatch, fail_on_call=None):
+    """Wrap load_pipeline: count loads; the returned pipeline fails its ``fail_on_call``-th generation."""
+    from arc_fast import pipeline
+    from arc_fast.pipeline import GenerationError
+    real, loads = pipeline.load_pipeline, []
+
+    class Proxy:
+        def __init__(self, pipe):
+            self._pipe, self.calls = pipe, 0
+
+        def __getattr__(self, name):
+            return getattr(self._pipe, name)
+
+        def __call__(self, *a, **k):
+            self.calls += 1
+            if self.calls == fail_on_call:
+                raise GenerationError("planted failure", stage="DiT step 1 of 1")
+            return self._pipe(*a, **k)
+
+    def load(*a, **k):
+        loads.append(Proxy(real(*a, **k)))
+        return loads[-1]
+
+    monkeypatch.setattr(pipeline, "load_pipeline", load)
+    return loads
+
+
+def test_cli_prompts_file_one_clip_per_line_model_loaded_once(capsys, micro_dir, tmp_path, monkeypatch):
+    loads = _count_loads(monkeypatch)
+    prompts = _prompts_file(tmp_path, ["a low tone", "", "rain", "a dog barking"])
+    out = tmp_path / "clips"
+    code, stdout, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(out), "--format", "flac",
+                              "--model", str(micro_dir), "--steps", "1", "--short-window", "--seconds", "0.05")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["000.flac", "002.flac", "003.flac"]       # named by line index
+    assert len(loads) == 1 and loads[0].calls == 3                               # one load, one clip per line
+    assert "clips" in err and "3/3" in err                                       # the progress bar
+    assert "wrote 3 clips" in stdout
+    a, b = sf.read(out / "000.flac")[0], sf.read(out / "002.flac")[0]
+    assert a.shape == (400, 2) and not (a == b).all()                            # each line its own clip
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".arc-fast-")]   # no staging left
+
+
+def test_cli_prompts_file_all_or_nothing(capsys, micro_dir, tmp_path, monkeypatch):
+    _count_loads(monkeypatch, fail_on_call=2)
+    prompts = _prompts_file(tmp_path, ["a", "b", "c"])
+    out = tmp_path / "clips"
+    code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(out), "--model", str(micro_dir),
+                         *GEN_FAST)
+    assert code == 2 and "line 1 ('b')" in err and "no file written" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".arc-fast-")]
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, _ = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(out), "--model", str(micro_dir),
+                       *GEN_FAST)
+    assert code == 2 and os.listdir(out) == ["keep.txt"]                         # an existing folder is untouched
+
+
+@pytest.mark.parametrize("setup, args, match", [
+    ("missing", [], "prompts file not found"),
+    ("empty", [], "has no prompt"),
+    ("ok", ["--batch-size", "2"], "--batch-size applies to one prompt"),
+    ("ok", ["x"], "not both"),
+    ("ok", ["--no-output"], "--prompts needs -o DIR"),
+])
+def test_cli_prompts_file_errors(capsys, micro_dir, tmp_path, setup, args, match):
+    path = tmp_path / "p.txt"
+    if setup != "missing":
+        path.write_text("\n \n" if setup == "empty" else "a\n", encoding="utf-8")
+    out = [] if "--no-output" in args else ["-o", str(tmp_path / "clips")]
+    args = [a for a in args if a != "--no-output"]
+    code, _, err = _main(capsys, "generate", *args, "--prompts", str(path), *out, "--model", str(micro_dir), *GEN_FAST)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "clips").exists()
+
+
+def test_cli_prompts_output_parent_must_exist_before_loading(capsys, micro_dir, tmp_path, monkeypatch):
+    loads = _count_loads(monkeypatch)
+    prompts = _prompts_file(tmp_path, ["a"])
+    code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "no" / "clips"),
+                         "--model", str(micro_dir), *GEN_FAST)
+    assert code == 2 and "parent does not exist" in err and not loads

@@ -43,3 +43,29 @@ def assert_close_to_ref(name: str, out: torch.Tensor, ref_fp32: torch.Tensor, re
     else:
         bound = k * error(ref_lowp) + FLOOR[dtype] * max(scale, 1.0) * 0.25
     assert err <= bound, f"{name}: {metric} error {err:.3e} > bound {bound:.3e}; {_stats(out, ref_fp32)}"
+
+
+# Units in the last place of the result that two orderings of the same sums may differ by, relative to the
+# tensor's scale. fp32: reordered reductions (another kernel variant, BLAS blocking picked by the CPU model or
+# the operands' memory alignment, another thread count) differ by a few ulps per sum; 64 leaves room for a
+# chain of layers. fp16/bf16 results: the fp32 intermediates differ by a few ulps, which flips the final
+# rounding of some elements by one unit of the output dtype; 2 units of the max allow it.
+SAME_MATHS_ULPS = {torch.float32: 64, torch.float64: 64, torch.float16: 2, torch.bfloat16: 2}
+
+
+def assert_same_maths(name: str, got: torch.Tensor, want: torch.Tensor, ulps: float | None = None) -> None:
+    """Assert two computations of the same maths agree to the rounding of their dtype.
+
+    For results that are NOT the same bytes through the same kernels in one process (a file round trip, another
+    kernel or backend, strided vs contiguous operands, another CPU): bitwise equality would test the machine,
+    not the code. Passes if ``max|got - want| <= ulps * eps(dtype) * max(max|want|, tiny)``, ``ulps`` from
+    ``SAME_MATHS_ULPS`` unless given (say why in the caller when you give it). got/want: any shape, same
+    shape and dtype."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    assert torch.isfinite(got).all() and torch.isfinite(want).all(), f"{name}: non-finite values; {_stats(got, want)}"
+    ulps = SAME_MATHS_ULPS[want.dtype] if ulps is None else ulps
+    scale = max(want.float().abs().max().item(), torch.finfo(want.dtype).tiny) if want.numel() else 0.0
+    bound = ulps * torch.finfo(want.dtype).eps * scale
+    err = (got.float() - want.float()).abs().max().item() if want.numel() else 0.0
+    assert err <= bound, f"{name}: max|diff| {err:.3e} > {ulps} ulps of max|want| ({bound:.3e}); {_stats(got, want)}"

@@ -23,11 +23,13 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..ops import adaln as adaln_ops
 from ..ops import attention as attn_ops
 from ..ops import swiglu as swiglu_ops
 from ..reference.dit import Attention, DiffusionTransformer, TransformerBlock
+from ._sat_interop import looks_like_sat_dit, sat_dit_config
 
 
 def _self_attention(attn: Attention, h: torch.Tensor, freqs, backend) -> torch.Tensor:
@@ -166,16 +168,32 @@ class FastDiT(DiffusionTransformer):
             blk.attn_backend = value
 
     @classmethod
-    def from_module(cls, ref: DiffusionTransformer, attn_backend: str | None = None) -> "FastDiT":
-        """Convert a loaded reference DiT (same weights, device, dtype and train/eval mode)."""
-        if not isinstance(ref, DiffusionTransformer):
-            raise TypeError(f"expected an arc_fast.reference.DiffusionTransformer, got {type(ref).__name__}")
+    def from_module(cls, ref: nn.Module, attn_backend: str | None = None) -> "FastDiT":
+        """Convert a loaded DiT: ``arc_fast.reference.DiffusionTransformer`` or stable-audio-tools' own.
+
+        ref: the module to convert; a stable-audio-tools ``DiffusionTransformer`` (0.0.19 / 0.0.20 layout) is
+        recognised by its structure (no import of that package) and its constructor arguments are read from
+        it (``_sat_interop.sat_dit_config``). The result shares ref's parameter tensors (no copy) and has its
+        device, dtype and train/eval mode. Raises TypeError for another kind of module, NotImplementedError for
+        a feature FastDiT lacks, ValueError when the weights do not fit the architecture read from ref.
+        """
+        if isinstance(ref, DiffusionTransformer):
+            cfg = ref.config_kwargs
+        elif looks_like_sat_dit(ref):
+            cfg = sat_dit_config(ref)
+        else:
+            raise TypeError(f"expected an arc_fast.reference.DiffusionTransformer or a stable-audio-tools "
+                            f"DiffusionTransformer, got {type(ref).__name__}")
         p = next(ref.parameters())
         with torch.device("meta"):
-            fast = cls(**ref.config_kwargs, attn_backend=attn_backend)
-        fast.load_state_dict(ref.state_dict(), strict=True, assign=True)
+            fast = cls(**cfg, attn_backend=attn_backend)
+        try:
+            fast.load_state_dict(ref.state_dict(), strict=True, assign=True)
+        except RuntimeError as exc:  # a layout the structure did not reveal: say which keys, not a stack
+            raise ValueError(f"from_module: the {type(ref).__name__}'s weights do not fit the architecture read "
+                             f"from it ({cfg}): {exc}") from None
         fast.train(ref.training)
-        fast.gradient_checkpointing = ref.gradient_checkpointing
+        fast.gradient_checkpointing = getattr(ref, "gradient_checkpointing", False)
         return fast.to(device=p.device, dtype=p.dtype)
 
     @contextlib.contextmanager

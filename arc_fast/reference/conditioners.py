@@ -1,4 +1,5 @@
-"""Conditioners in the Stable Audio layout: text (T5 from a local path, or the bundled hash encoder) and
+"""Conditioners in the Stable Audio layout: text (T5 from a local path or the local Hugging Face cache, or the
+bundled hash encoder) and
 numbers (``seconds_total``), assembled by ``MultiConditioner`` into the DiT's cross-attention tokens and
 global embedding.
 
@@ -131,8 +132,65 @@ class HashTextEncoder(Conditioner):
         return x * mask.unsqueeze(-1).to(x.dtype), mask
 
 
+def hf_cache_snapshot(repo_id: str) -> str | None:
+    """The local Hugging Face hub cache folder of model ``repo_id`` ("t5-base", "google/flan-t5-base"), or None.
+
+    Reads the hub's cache layout (``<cache>/models--<org>--<name>/refs/main`` -> ``snapshots/<commit>/``) where
+    the hub puts it: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``. No network, no
+    import of huggingface_hub; a snapshot counts only if it holds a ``config.json``.
+    """
+    if not repo_id or repo_id.startswith(("/", ".")) or repo_id.count("/") > 1:
+        return None
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    snapshots = os.path.join(repo, "snapshots")
+    candidates = []
+    try:
+        with open(os.path.join(repo, "refs", "main")) as f:
+            candidates.append(f.read().strip())
+    except OSError:
+        pass
+    if os.path.isdir(snapshots):  # no refs/main (e.g. a copied cache): any complete snapshot, newest first
+        candidates += sorted(os.listdir(snapshots), key=lambda c: -os.path.getmtime(os.path.join(snapshots, c)))
+    for commit in candidates:
+        folder = os.path.join(snapshots, commit)
+        if commit and os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+    return None
+
+
+def resolve_t5_path(t5_model_name: str, t5_path: str | None = None) -> str:
+    """The local folder the T5 encoder is loaded from, first match wins (nothing is ever downloaded):
+
+    1. ``t5_path`` (the config's), 2. ``t5_model_name`` when it is a folder, 3. the model of that name in the
+    local Hugging Face cache (``hf_cache_snapshot``; what ``from_pretrained(name, local_files_only=True)``
+    finds), 4. the ``ARC_FAST_T5_PATH`` environment variable. Raises FileNotFoundError naming every place.
+    """
+    if t5_path:
+        if not os.path.isdir(t5_path):
+            raise FileNotFoundError(f"t5_path {t5_path!r} is not a folder (give the folder of a saved T5 encoder)")
+        return t5_path
+    if os.path.isdir(t5_model_name):
+        return t5_model_name
+    cached = hf_cache_snapshot(t5_model_name)
+    if cached:
+        return cached
+    env = os.environ.get("ARC_FAST_T5_PATH")
+    if env:
+        if not os.path.isdir(env):
+            raise FileNotFoundError(f"ARC_FAST_T5_PATH={env!r} is not a folder (give the folder of a saved T5 encoder)")
+        return env
+    raise FileNotFoundError(
+        f"T5 encoder {t5_model_name!r} not found: not a folder, not in the local Hugging Face cache, and "
+        f"ARC_FAST_T5_PATH is not set; download it once (e.g. `huggingface-cli download {t5_model_name}`, or "
+        f"save it to a folder and set ARC_FAST_T5_PATH or the config's 't5_path'): arc-fast never downloads at "
+        f"run time")
+
+
 class T5Conditioner(Conditioner):
-    """Frozen T5 encoder loaded from a LOCAL directory (``t5_model_name`` may be a path; nothing is downloaded).
+    """Frozen T5 encoder loaded from local files only (``resolve_t5_path``: the config's ``t5_path``, a folder
+    named by ``t5_model_name``, the local Hugging Face cache, then ``ARC_FAST_T5_PATH``; nothing is downloaded).
 
     texts -> (embeddings (B, max_length, output_dim) with padded rows zeroed, mask (B, max_length) bool).
     Needs the optional dependency ``transformers`` (pip install 'arc-fast[t5]').
@@ -150,15 +208,12 @@ class T5Conditioner(Conditioner):
             from transformers import AutoTokenizer, T5EncoderModel
         except ImportError as exc:
             raise ImportError("the T5 text conditioner needs `transformers`: pip install 'arc-fast[t5]'") from exc
-        path = t5_path or os.environ.get("ARC_FAST_T5_PATH") or t5_model_name
-        if not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"T5 encoder {t5_model_name!r} not found as a local directory ({path!r}); download it once and pass "
-                f"its folder via the config's 't5_path' or ARC_FAST_T5_PATH (arc-fast never downloads at run time)")
-        model = T5EncoderModel.from_pretrained(path)
-        dim = self.T5_MODEL_DIMS.get(t5_model_name, model.config.d_model)
+        path = resolve_t5_path(t5_model_name, t5_path)
+        model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+        dim = model.config.d_model  # the loaded encoder's width (T5_MODEL_DIMS lists the same for known names)
         super().__init__(dim, output_dim, project_out=project_out)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.t5_source = path  # the folder it was loaded from (load notes, bug reports)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.max_length = max_length
         self.enable_grad = enable_grad
         model = model.train(enable_grad).requires_grad_(enable_grad)
