@@ -332,35 +332,14 @@ CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_v
 
 
 def cpu_features() -> dict:
-    """The CPU's model, its relevant ISA flags (present ones from ``CPU_FLAGS``), core counts and what torch
-    reports (``torch.backends.mkldnn``, oneDNN's bf16 support, the CPU capability torch dispatches to)."""
-    flags: set = set()
-    cores = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            phys = core = None
-            for line in f:
-                if line.startswith("flags"):
-                    flags |= set(line.split(":", 1)[1].split())
-                elif line.startswith("physical id"):
-                    phys = line.split(":", 1)[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":", 1)[1].strip()
-                    cores.add((phys, core))
-    except OSError:
-        pass
-    info = {"model": cpu_name(), "flags": [f for f in CPU_FLAGS if f in flags],
-            "logical_cpus": os.cpu_count(), "physical_cores": len(cores) or None,
-            "torch_threads": torch.get_num_threads(), "mkldnn": bool(torch.backends.mkldnn.is_available())}
-    try:
-        info["mkldnn_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - a private probe: absent in some builds
-        info["mkldnn_bf16"] = None
-    try:
-        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # noqa: BLE001
-        info["torch_cpu_capability"] = None
-    return info
+    """The CPU's model, its relevant ISA flags, core counts and what torch reports (oneDNN and its bf16 support,
+    the CPU capability torch dispatches to), from ``arc_fast.cpu.cpu_features`` (the same probe ``auto`` uses)."""
+    from arc_fast.cpu import cpu_features as probe
+    f = probe()
+    return {"model": f.model, "flags": [x for x in CPU_FLAGS if x in f.flags], "logical_cpus": os.cpu_count(),
+            "physical_cores": f.physical_cores, "torch_threads": torch.get_num_threads(), "mkldnn": f.mkldnn,
+            "mkldnn_bf16": f.mkldnn_bf16, "torch_cpu_capability": f.capability,
+            "quantized_engines": list(f.quantized_engines)}
 
 
 def device_name(device: str) -> str:
