@@ -47,6 +47,7 @@ class Timings:
     total: float = 0.0
     precision: str = ""     # e.g. "DiT bf16, decoder bf16"
     threads: int = 0        # torch intra-op threads (CPU)
+    seed: int | None = None  # the seed the call used (drawn when it was given none)
 
     def summary(self) -> str:
         n = len(self.dit_steps)
@@ -79,7 +80,8 @@ class Pipeline:
     Attributes: ``dit``, ``autoencoder``, ``conditioner``, ``config``, ``sample_rate``, ``sample_size``,
     ``hop`` (audio samples per latent frame), ``latent_channels``, ``audio_channels``, ``objective``,
     ``is_arc``, ``device``, ``dtype`` (DiT), ``autoencoder_dtype`` (decoder compute), ``load_notes`` (what the
-    loader chose/ignored), ``last_timings``.
+    loader chose/ignored), ``last_timings``, ``last_seed`` (the seed the last call used: the one it was given,
+    or the one it drew; passing it back as ``seed`` reproduces the clip).
     """
 
     def __init__(self, config: dict, dit: nn.Module, autoencoder: nn.Module, conditioner: MultiConditioner,
@@ -108,6 +110,7 @@ class Pipeline:
         self.autoencoder_dtype = torch.float32
         self.load_notes: list[str] = []
         self.last_timings = Timings()
+        self.last_seed: int | None = None
         self._warned: set[str] = set()
         self._compiled = None              # (the DiT it wraps, torch.compile wrapper) after compile()
         self._graph_first_bad = None
@@ -283,7 +286,8 @@ class Pipeline:
         prompt: a string or a list (B = its length, or ``batch_size`` copies of one prompt). seconds: clip
         length (default: the init audio's length, else the model's window), passed to the ``seconds_total``
         conditioner; the output is trimmed to it. steps / cfg_scale / sampler ('pingpong' | 'euler'):
-        default per model (``defaults()``). seed: None = random. init_audio: see ``prepare_init_audio``;
+        default per model (``defaults()``). seed: None draws one (``sampling.random_seed``); the seed used is
+        ``last_seed`` (and ``last_timings.seed``). init_audio: see ``prepare_init_audio``;
         init_noise_level in (0, 1] (default 0.7) is where sampling starts (1 = the init audio has no effect).
         short_window: sample only the latent frames ``seconds`` needs (default: the config's
         ``arc_fast.short_window``, else the whole window). guard: raise ``GenerationError`` on NaN/Inf
@@ -336,6 +340,9 @@ class Pipeline:
         _sync(self.device)
         timings.conditioner = time.perf_counter() - t_start
 
+        # A drawn seed is recorded, not hidden in the generator's state: any clip can be made again.
+        seed = sampling.random_seed() if seed is None else seed
+        self.last_seed = timings.seed = seed
         gen = sampling.make_generator(seed)
         dtype = next(self.dit.parameters()).dtype
         noise = sampling.randn((b, self.latent_channels, frames), gen, self.device, dtype)

@@ -45,6 +45,31 @@ def test_generation_is_seeded(pipe):
     assert not torch.allclose(a, c)
 
 
+def test_no_seed_draws_one_recorded_to_reproduce_the_clip(pipe):
+    kw = dict(seconds=0.2, steps=2, short_window=True)
+    a, _ = pipe("hi-hat", **kw)
+    seed_a = pipe.last_seed
+    b, _ = pipe("hi-hat", **kw)
+    seed_b = pipe.last_seed
+    assert all(isinstance(s, int) and 0 <= s < 2 ** 63 for s in (seed_a, seed_b)) and seed_a != seed_b
+    assert pipe.last_timings.seed == seed_b
+    assert not torch.allclose(a, b)
+    # Same process, same kernels, same seed: the same bytes.
+    torch.testing.assert_close(pipe("hi-hat", seed=seed_a, **kw)[0], a, rtol=0, atol=0)
+    torch.testing.assert_close(pipe("hi-hat", seed=seed_b, **kw)[0], b, rtol=0, atol=0)
+
+
+def test_explicit_seed_is_used_as_given(pipe, monkeypatch):
+    """seed=N seeds the CPU generator with N itself: the start noise is torch's N-th stream's first draw."""
+    drawn = []
+    real = sampling.randn
+    monkeypatch.setattr(sampling, "randn", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    pipe("hi-hat", seconds=0.2, steps=2, short_window=True, seed=12345)
+    assert pipe.last_seed == 12345 and pipe.last_timings.seed == 12345
+    want = torch.randn(drawn[0].shape, generator=torch.Generator().manual_seed(12345))
+    torch.testing.assert_close(drawn[0], want, rtol=0, atol=0)
+
+
 def test_batch_and_defaults(pipe):
     audio, _ = pipe(["a", "b"], seconds=0.1, steps=1, batch_size=2, short_window=True)
     assert audio.shape[0] == 2
