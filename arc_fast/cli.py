@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-scale", type=_finite_float, default=None,
                    help="classifier-free guidance scale (default per model)")
     g.add_argument("--sampler", choices=["pingpong", "euler"], default=None, help="sampler (default per model)")
+    g.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="what classifier-free guidance steers away from (models sampled with CFG != 1; every clip)")
     g.add_argument("--seed", type=_seed, default=None,
                    help="random seed (default: a random one, printed, so that the clip can be made again)")
     g.add_argument("--batch-size", type=_bounded_int(MAX_BATCH, "memory; run again with other seeds for more"),
@@ -355,6 +357,8 @@ def _generate(args) -> int:
         frame = pipe.hop / pipe.sample_rate
         raise CLIError(f"--seconds {args.seconds:g} is shorter than one latent frame ({frame:.4f} s = {pipe.hop} "
                        f"samples at {pipe.sample_rate} Hz); no file written")
+    if args.negative_prompt is not None:
+        _check_negative_prompt(args, pipe)
     if args.compile:
         pipe.compile()
     if args.prompts is not None:
@@ -364,7 +368,7 @@ def _generate(args) -> int:
                          sampler=args.sampler, seed=args.seed, batch_size=args.batch_size,
                          init_audio=args.init_audio, init_noise_level=args.init_noise_level,
                          short_window=True if args.short_window else None, progress=not args.quiet,
-                         cuda_graph=args.cuda_graph)
+                         cuda_graph=args.cuda_graph, negative_prompt=args.negative_prompt)
     except GenerationError as exc:
         raise CLIError(f"{exc}; no file written") from exc
     except (MemoryError, RuntimeError) as exc:
@@ -386,6 +390,17 @@ def _generate(args) -> int:
           f"({sampler}, device {pipe.device.type}, seed {pipe.last_seed}: --seed {pipe.last_seed} makes it again)")
     print(f"timings: {t.summary()}")
     return 0
+
+
+def _check_negative_prompt(args, pipe) -> None:
+    """The pipeline's rule for a negative prompt (guards.negative_prompts), in the CLI's flag names."""
+    from .guards import negative_prompts
+
+    cfg = pipe.defaults()["cfg_scale"] if args.cfg_scale is None else args.cfg_scale
+    try:
+        negative_prompts(args.negative_prompt, 1, cfg, pipe.has_text and bool(pipe.cross_ids))
+    except ValueError as exc:
+        raise CLIError(str(exc).replace("negative_prompt", "--negative-prompt").replace("cfg_scale", "--cfg-scale")) from None
 
 
 def _check_source_files(args) -> None:
@@ -438,7 +453,7 @@ def _generate_many(args, pipe, prompts: list[tuple[int, str]]) -> int:
             try:
                 audio, sr = pipe(prompt, seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg_scale,
                                  sampler=args.sampler, seed=seed, short_window=True if args.short_window else None,
-                                 progress=False, cuda_graph=args.cuda_graph)
+                                 progress=False, cuda_graph=args.cuda_graph, negative_prompt=args.negative_prompt)
             except GenerationError as exc:
                 raise CLIError(f"line {i} ({prompt!r}): {exc}; no file written") from exc
             if not torch.isfinite(audio).all():

@@ -34,7 +34,7 @@ from . import cuda_graphs, guards, sampling
 from .cpu import set_dit_precision
 from .dtypes import DTYPES, dtype_name, parse_dtype  # noqa: F401 - public here too
 from .guards import SILENCE_PEAK, GenerationError, NonFiniteError  # noqa: F401 - public here too
-from .loader import PREFIXES, refresh_weight_norm, save_json, save_safetensors
+from .loader import full_state_dict, refresh_weight_norm, save_json, save_safetensors  # noqa: F401 - public here too
 from .reference.conditioners import MultiConditioner, assemble_dit_inputs
 
 @dataclass
@@ -63,15 +63,6 @@ class Timings:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def full_state_dict(dit: nn.Module, autoencoder: nn.Module, conditioner: nn.Module) -> dict[str, torch.Tensor]:
-    """The Stable Audio unwrapped layout of the three components."""
-    sd = {}
-    for name, mod in (("dit", dit), ("autoencoder", autoencoder), ("conditioner", conditioner)):
-        for k, v in mod.state_dict().items():
-            sd[PREFIXES[name] + k] = v
-    return sd
 
 
 class Pipeline:
@@ -183,12 +174,18 @@ class Pipeline:
             warnings.warn(msg, category, stacklevel=3)
 
     # -------------------------------------------------------------------------------- stages
-    def condition(self, prompts: list[str], seconds: float) -> dict:
+    def condition(self, prompts: list[str], seconds: float, negative_prompts: list[str] | None = None) -> dict:
         """Run the conditioners (``seconds_total`` = ``seconds``, ``seconds_start`` = 0): returns the DiT's
-        cross_attn_cond / cross_attn_cond_mask / global_embed."""
+        cross_attn_cond (B, S, D) / cross_attn_cond_mask (B, S) bool / global_embed (B, D); with
+        ``negative_prompts`` (B strings) also negative_cross_attn_cond / negative_cross_attn_mask, the same
+        conditioners run on them (same seconds) in a call of their own, as stable-audio-tools does."""
         metadata = [{"prompt": p, "seconds_start": 0, "seconds_total": seconds} for p in prompts]
-        cond = self.conditioner(metadata, self.device)
-        return assemble_dit_inputs(cond, self.cross_ids, self.global_ids)
+        out = assemble_dit_inputs(self.conditioner(metadata, self.device), self.cross_ids, self.global_ids)
+        if negative_prompts is not None:
+            neg = self.condition(negative_prompts, seconds)
+            out["negative_cross_attn_cond"] = neg["cross_attn_cond"]
+            out["negative_cross_attn_mask"] = neg["cross_attn_cond_mask"]
+        return out
 
     def frames_for(self, seconds: float, short_window: bool = False) -> int:
         """Latent frames sampled for a clip: the model's whole window, or with ``short_window`` the fewest
@@ -280,7 +277,8 @@ class Pipeline:
                  cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
                  init_audio=None, init_noise_level: float | None = None, batch_size: int = 1,
                  progress: bool = False, short_window: bool | None = None,
-                 guard: bool = True, cuda_graph: bool = False) -> tuple[torch.Tensor, int]:
+                 guard: bool = True, cuda_graph: bool = False,
+                 negative_prompt: str | list[str] | None = None) -> tuple[torch.Tensor, int]:
         """Generate audio. Returns (audio (B, channels, round(seconds * sample_rate)) float32 on the CPU, sample_rate).
 
         prompt: a string or a list (B = its length, or ``batch_size`` copies of one prompt). seconds: clip
@@ -294,7 +292,10 @@ class Pipeline:
         (naming the stage) or an all-silent output. cuda_graph: on CUDA, run the sampling loop and the decode as
         captured CUDA graphs (rectified-flow models; the first call of each shape/steps/sampler/CFG captures,
         later ones replay with no host sync inside the loop; same result as the eager loop for the same
-        seed; no per-step progress bar). Graphs are cached on the pipeline (``clear_cuda_graphs()``)."""
+        seed; no per-step progress bar). Graphs are cached on the pipeline (``clear_cuda_graphs()``).
+        negative_prompt: a string or one per clip, what classifier-free guidance steers away from (the unguided
+        half of each step is conditioned on it instead of on nothing); refused where no guidance runs
+        (cfg_scale 1, e.g. ARC models) or the model has no text conditioner (``guards.negative_prompts``)."""
         prompts = self._validate(prompt, seconds, steps, cfg_scale, batch_size)
         if cuda_graph:
             if self.device.type != "cuda":
@@ -320,6 +321,8 @@ class Pipeline:
                 raise ValueError(f"init_noise_level must be in (0, 1], got {init_noise_level}")
         if not self.has_text and any(p.strip() for p in prompts):
             self._warn_once("no-text", "this model has no text conditioner: the prompt is ignored")
+        negatives = guards.negative_prompts(negative_prompt, len(prompts), cfg_scale,
+                                            self.has_text and bool(self.cross_ids))
         short_window = self.short_window_default if short_window is None else bool(short_window)
         b = len(prompts)
         timings = Timings(precision=f"DiT {self.dit_precision}, decoder {dtype_name(self.autoencoder_dtype)}",
@@ -334,7 +337,7 @@ class Pipeline:
         seconds = self.max_seconds if seconds is None else float(seconds)
         frames = self.frames_for(seconds, short_window)
 
-        cond = self.condition(prompts, seconds)
+        cond = self.condition(prompts, seconds, negatives)
         if guard:
             guards.finite(cond.values(), "conditioner", "try fp32 for the text encoder")
         _sync(self.device)

@@ -314,3 +314,24 @@ def test_cli_prompts_without_seed_print_one_base_seed(capsys, micro_dir, tmp_pat
     code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "three"),
                          "--seed", str(2 ** 64 - 1), "--model", str(micro_dir), *GEN_FAST)
     assert code == 2 and "past the largest seed" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------ --negative-prompt
+@pytest.mark.filterwarnings("ignore:this is an ARC post-trained model")
+def test_cli_negative_prompt(capsys, micro_dir, tmp_path):
+    """The micro model is ARC (CFG 1 by default): a negative prompt is refused in one line naming the flags;
+    with --cfg-scale it changes the clip (same seed), and it applies to every line of --prompts."""
+    code, _, err = _main(capsys, "generate", "x", "-o", str(tmp_path / "no.wav"), "--negative-prompt", "noise",
+                         "--model", str(micro_dir), *GEN_FAST)
+    assert code == 2 and "--negative-prompt" in err and "--cfg-scale" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "no.wav").exists()
+    common = ("--cfg-scale", "3", "--seed", "4", "--model", str(micro_dir), *GEN_FAST)
+    for name, extra in (("plain.wav", ()), ("neg.wav", ("--negative-prompt", "noise"))):
+        code, _, err = _main(capsys, "generate", "x", "-o", str(tmp_path / name), *extra, *common)
+        assert code == 0, err
+    assert not (sf.read(tmp_path / "plain.wav")[0] == sf.read(tmp_path / "neg.wav")[0]).all()
+    prompts = _prompts_file(tmp_path, ["x"])
+    code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "clips"),
+                         "--negative-prompt", "noise", *common)
+    assert code == 0, err
+    assert (sf.read(tmp_path / "clips" / "000.wav")[0] == sf.read(tmp_path / "neg.wav")[0]).all()

@@ -390,6 +390,72 @@ def test_cuda_bf16_fused_pipeline_with_init_audio():
     assert rel(e, recon[..., :44100].cpu()) < 0.05  # bf16 latents: near-zero noise gives the reconstruction
 
 
+# ------------------------------------------------------------------------------------------------ negative_prompt
+@pytest.fixture(scope="module")
+def micro_base():
+    """A base (CFG) micro model with random weights everywhere."""
+    p = random_pipeline(micro_config(arc=False), seed=0)
+    randomize_(p.autoencoder, 4, 0.2)
+    return p
+
+
+NEG_KW = dict(seconds=0.1, steps=3, cfg_scale=3.0, sampler="euler", short_window=True, seed=21)
+
+
+def _with_negative(p, prompts, negatives, seconds):
+    """The DiT's inputs with stable-audio-tools' negative conditioning, assembled by hand."""
+    cond, neg = p.condition(prompts, seconds), p.condition(negatives, seconds)
+    return {**cond, "negative_cross_attn_cond": neg["cross_attn_cond"],
+            "negative_cross_attn_mask": neg["cross_attn_cond_mask"]}
+
+
+def test_negative_prompt_is_the_dit_called_with_negative_conditioning(micro_base):
+    p, kw = micro_base, NEG_KW
+    prompts, negatives = ["a low tone", "rain"], ["noise", "a high whistle"]
+    got, _ = p(prompts, negative_prompt=negatives, **kw)
+    with torch.inference_mode():
+        gen = sampling.make_generator(kw["seed"])
+        frames = p.frames_for(kw["seconds"], True)
+        noise = sampling.randn((2, p.latent_channels, frames), gen, p.device, p.dtype)
+        plan = sampling.Sampler("euler", sampling.schedule("rf", kw["steps"]))
+        x = sampling.run(p.dit, noise, plan, gen, cfg_scale=kw["cfg_scale"],
+                         cond=_with_negative(p, prompts, negatives, kw["seconds"]))
+        want = p.decode(x)[..., : round(kw["seconds"] * p.sample_rate)]
+    assert_same_maths("negative prompt vs manual", got, want)
+    plain, _ = p(prompts, **kw)
+    assert rel(got, plain) > 1e-3                     # the negative conditioning reaches the audio
+    # A list is one negative per clip: clip 0 keeps its negative, clip 1 changes with its own.
+    other, _ = p(prompts, negative_prompt=["noise", "a drum"], **kw)
+    assert_same_maths("clip 0", other[0], got[0])
+    assert rel(other[1], got[1]) > 1e-3
+    # One string (or a one-string list) is every clip's negative.
+    one, _ = p(prompts, negative_prompt="noise", **kw)
+    both, _ = p(prompts, negative_prompt=["noise", "noise"], **kw)
+    torch.testing.assert_close(one, both, rtol=0, atol=0)
+    torch.testing.assert_close(p(prompts, negative_prompt=["noise"], **kw)[0], one, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("negative, error, match", [
+    (3, TypeError, "negative_prompt must be a string or a list of strings, got int"),
+    (["a", 2], TypeError, "the list holds|a list holding int"),
+    (["a", "b", "c"], ValueError, "negative_prompt has 3 strings but 2 clips"),
+    ([], ValueError, "negative_prompt has 0 strings"),
+])
+def test_negative_prompt_bad_values(micro_base, negative, error, match):
+    with pytest.raises(error, match=match):
+        micro_base(["a", "b"], negative_prompt=negative, **NEG_KW)
+
+
+def test_negative_prompt_refused_without_guidance_or_text(micro, micro_base):
+    with pytest.raises(ValueError, match="negative_prompt acts through classifier-free guidance.*cfg_scale 1"):
+        micro("a", negative_prompt="noise", seconds=0.1, steps=1)      # ARC model: CFG 1 by default
+    with pytest.raises(ValueError, match="cfg_scale 1"):
+        micro_base("a", negative_prompt="noise", **{**NEG_KW, "cfg_scale": 1.0})
+    no_text = build_pipeline(micro_config(text=False, arc=False), seed=0)
+    with pytest.raises(ValueError, match="negative_prompt needs a text-conditioned model"):
+        no_text("", negative_prompt="noise", **NEG_KW)
+
+
 # ------------------------------------------------------------------------------------------------ cuda_graph
 def _graph_inputs(p, prompt, seconds, steps, seed):
     """The inputs __call__ hands to the graph path, drawn in __call__'s order from the same seed."""
@@ -455,6 +521,45 @@ def test_fast_dit_embeds_the_text_once_per_generation(micro, sampler, cfg, monke
         hook.remove()
         micro.dit = ref_dit
         micro.clear_cuda_graphs()
+
+
+def test_negative_prompt_through_the_graph_loop_and_the_fast_dit_memo(micro_base, monkeypatch):
+    """The captured loop (run eagerly on the CPU) takes the negative conditioning as static inputs like the rest:
+    bitwise the eager call's audio, in a runner of its own. FastDiT embeds the text context (cond + negative) once
+    per generation, bitwise as when it recomputes it at every step, and agrees with the reference DiT."""
+    import contextlib
+
+    from arc_fast.models.dit import FastDiT
+
+    p, kw = micro_base, NEG_KW
+    ref, _ = p("a", negative_prompt="noise", **kw)
+    p.clear_cuda_graphs()
+    with torch.inference_mode():
+        gen, cond, noise = _graph_inputs(p, "a", kw["seconds"], kw["steps"], kw["seed"])
+        cond = _with_negative(p, ["a"], ["noise"], kw["seconds"])
+        _, audio, _, _ = p._graph_sample(noise, None, 1.0, kw["steps"], "euler", kw["cfg_scale"], gen, cond, True)
+        assert torch.equal(audio[..., : ref.shape[-1]], ref)
+        gen, plain, noise = _graph_inputs(p, "a", kw["seconds"], kw["steps"], kw["seed"])
+        p._graph_sample(noise, None, 1.0, kw["steps"], "euler", kw["cfg_scale"], gen, plain, True)
+        assert len(p._cuda_graphs) == 2                 # with and without the negative: two call shapes
+    p.clear_cuda_graphs()
+
+    ref_dit = p.dit
+    p.dit = FastDiT.from_module(ref_dit).eval()
+    calls = []
+    hook = p.dit.to_cond_embed.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with use_backend("eager"):
+            once, _ = p("a", negative_prompt="noise", **kw)
+            assert len(calls) == 1
+            monkeypatch.setattr(FastDiT, "reuse_conditioning", lambda self: contextlib.nullcontext())
+            every_step, _ = p("a", negative_prompt="noise", **kw)
+            assert len(calls) == 1 + kw["steps"]
+    finally:
+        hook.remove()
+        p.dit = ref_dit
+    assert torch.equal(once, every_step)
+    assert_same_maths("FastDiT vs reference, negative prompt", once, ref, ulps=GENERATION_ULPS)
 
 
 def test_graph_cache_keeps_four_shapes_and_reports_a_planted_nan(micro):
