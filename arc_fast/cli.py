@@ -437,11 +437,10 @@ def _generate_many(args, pipe, prompts: list[tuple[int, str]]) -> int:
     from tqdm import tqdm
 
     from .pipeline import GenerationError
+    from .sampling import random_seed
 
     out_dir = os.path.abspath(args.output)
     parent = os.path.dirname(out_dir)
-    from .sampling import random_seed
-
     base = random_seed() if args.seed is None else args.seed
     width = max(3, len(str(prompts[-1][0])))
     names = [f"{i:0{width}d}.{args.format}" for i, _ in prompts]
