@@ -252,25 +252,10 @@ class Pipeline:
         return audio.float()
 
     # -------------------------------------------------------------------------------- generation
-    def _validate(self, prompt, seconds, steps, cfg_scale, batch_size) -> list[str]:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompt given (empty prompt list)")
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be strings")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if seconds is not None and not (0 < seconds <= self.max_seconds + 1e-9):
-            raise ValueError(f"seconds must be in (0, {self.max_seconds:.2f}] for this model, got {seconds}")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if cfg_scale is not None and cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-        if len(prompts) == 1 and batch_size > 1:
-            prompts = prompts * batch_size
-        elif batch_size > 1 and len(prompts) != batch_size:
-            raise ValueError(f"{len(prompts)} prompts but batch_size={batch_size}")
-        return prompts
+    def _validate(self, prompt, seconds, steps, cfg_scale, batch_size, seed=None) -> tuple:
+        """``guards.call_arguments`` for this model: (prompts, seconds, steps, cfg_scale, batch_size, seed)."""
+        return guards.call_arguments(prompt, seconds, steps, cfg_scale, batch_size, seed,
+                                     max_seconds=self.max_seconds, frame_seconds=self.hop / self.sample_rate)
 
     @torch.inference_mode()
     def __call__(self, prompt: str | list[str], seconds: float | None = None, steps: int | None = None,
@@ -291,7 +276,8 @@ class Pipeline:
         captured CUDA graphs (rectified-flow models; the first call of each shape/steps/sampler/CFG captures,
         later ones replay with no host sync inside the loop; same result as the eager loop for the same
         seed; no per-step progress bar). Graphs are cached on the pipeline (``clear_cuda_graphs()``)."""
-        prompts = self._validate(prompt, seconds, steps, cfg_scale, batch_size)
+        prompts, seconds, steps, cfg_scale, batch_size, seed = self._validate(prompt, seconds, steps, cfg_scale,
+                                                                             batch_size, seed)
         if cuda_graph:
             if self.device.type != "cuda":
                 raise ValueError(f"cuda_graph=True needs the pipeline on a CUDA device (it is on {self.device}); "

@@ -555,3 +555,56 @@ def test_convert_cli_never_runs_or_patches(guard, capsys, micro, tmp_path, name)
     else:
         _one_line_failure(code, err, "refused checkpoint", "model.ckpt")
         assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------ Pipeline arguments
+
+@pytest.fixture
+def no_work(micro, monkeypatch):
+    """The micro pipeline with every stage of a generation refusing to run."""
+    def refuse(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+    for stage in ("condition", "prepare_init_audio", "encode", "decode"):
+        monkeypatch.setattr(micro, stage, refuse)
+    return micro
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(steps=True), TypeError, r"steps must be an integer, got True \(bool\)"),
+    (dict(steps=2.0), TypeError, r"steps must be an integer, got 2.0 \(float\)"),
+    (dict(steps=0), ValueError, r"steps must be in \[1, 1000\] \(samplers converge long before\), got 0"),
+    (dict(steps=1001), ValueError, r"steps must be in \[1, 1000\]"),
+    (dict(batch_size=True), TypeError, r"batch_size must be an integer, got True \(bool\)"),
+    (dict(batch_size=10 ** 12), ValueError, r"batch_size must be in \[1, 64\] \(memory"),
+    (dict(batch_size=0), ValueError, r"batch_size must be in \[1, 64\]"),
+    (dict(seed=1.5), TypeError, r"seed must be an integer, got 1.5 \(float\)"),
+    (dict(seed=False), TypeError, r"seed must be an integer, got False \(bool\)"),
+    (dict(seed=2 ** 64), ValueError, r"seed must be in \[-9223372036854775808, 18446744073709551615\]"),
+    (dict(seconds=True), TypeError, r"seconds must be a number, got True \(bool\)"),
+    (dict(seconds="1"), TypeError, r"seconds must be a number, got '1' \(str\)"),
+    (dict(seconds=float("nan")), ValueError, r"seconds must be a finite number, got nan"),
+    (dict(seconds=1e-9), ValueError, r"seconds must be at least one latent frame \(0.0040 s\) for this model"),
+    (dict(seconds=1.0), ValueError, r"seconds must be in \(0, 0.26\] for this model, got 1"),
+    (dict(cfg_scale=float("nan")), ValueError, r"cfg_scale must be a finite number, got nan"),
+    (dict(cfg_scale=float("-inf")), ValueError, r"cfg_scale must be a finite number, got -inf"),
+    (dict(cfg_scale="3"), TypeError, r"cfg_scale must be a number, got '3' \(str\)"),
+    (dict(cfg_scale=-1.0), ValueError, r"cfg_scale must be >= 0"),
+    (dict(prompt=None), TypeError, r"prompt must be a string or a list of strings, got NoneType"),
+    (dict(prompt=b"a tone"), TypeError, r"prompt must be a string or a list of strings, got bytes"),
+    (dict(prompt=["a", 3]), TypeError, r"prompt\[1\] must be a string, got int"),
+    (dict(prompt=[]), ValueError, r"no prompt given"),
+])
+def test_pipeline_arguments_are_refused_by_name_before_any_work(no_work, kwargs, exc, match):
+    kwargs = {"prompt": "a tone", **kwargs}
+    with pytest.raises(exc, match=match):
+        no_work(**kwargs)
+
+
+def test_pipeline_accepts_numpy_integers_and_the_cli_shares_its_limits(micro):
+    import numpy as np
+
+    from arc_fast import cli, guards, limits
+    audio, _ = micro("a", seconds=0.05, steps=np.int64(1), seed=np.int32(3), batch_size=np.int64(2),
+                     cfg_scale=np.float32(1.0), short_window=True)
+    assert audio.shape[0] == 2
+    assert cli.MAX_STEPS == guards.MAX_STEPS == limits.MAX_STEPS and cli.MAX_BATCH == guards.MAX_BATCH
