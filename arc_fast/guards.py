@@ -38,23 +38,54 @@ class NonFiniteError(GenerationError):
     """NaN/Inf values appeared at ``stage``."""
 
 
-def finite(tensors: tp.Iterable, stage: str, hint: str) -> None:
-    """Raise NonFiniteError(stage) if any floating-point tensor in ``tensors`` holds NaN/Inf."""
+def bad_weights(module, what: str) -> str | None:
+    """'non-finite weights: <what> parameter <name> holds NaN/Inf ...' for the first floating parameter or
+    buffer of ``module`` with NaN/Inf, else None. Run only after a stage failed (one pass over the weights)."""
+    if module is None:
+        return None
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return (f"non-finite weights: the {what} parameter {name} holds NaN/Inf (the checkpoint is damaged: "
+                    f"load another one)")
+    return None
+
+
+def finite(tensors: tp.Iterable, stage: str, hint: str, module=None) -> None:
+    """Raise NonFiniteError(stage) if any floating-point tensor in ``tensors`` holds NaN/Inf. The message
+    names the first non-finite weight of ``module`` (the stage's module) when there is one, else ``hint``."""
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteError(f"NaN/Inf in the {stage} output ({hint})", stage)
+            raise NonFiniteError(f"NaN/Inf in the {stage} output ({bad_weights(module, stage) or hint})", stage)
 
 
-def dit_steps(first_bad: tuple[int, float] | None, steps: int, dtype: torch.dtype) -> None:
+def dit_steps(first_bad: tuple[int, float] | None, steps: int, dtype: torch.dtype, dit=None,
+              cfg_scale: float = 1.0) -> None:
     """Raise NonFiniteError('DiT step k of n') for ``first_bad`` = (step index, t) of the first non-finite
-    DiT output (``FiniteSteps.first_bad``), with a hint that depends on the DiT's dtype."""
+    DiT output (``FiniteSteps.first_bad``). The message tells the causes apart, in this order: a non-finite
+    weight of ``dit`` (named), a guidance scale large enough to overflow (non-finite input), a low-precision
+    DiT (try fp32), finite weights that overflow in fp32. Inputs are finite: ``call_arguments`` and
+    ``audio.as_audio`` refuse the others."""
     if first_bad is None:
         return
     k, t = first_bad
-    hint = (f"the DiT ran in {dtype}; try bf16 or fp32 (--dtype)" if dtype != torch.float32 else
-            "the DiT ran in fp32: check the checkpoint's DiT weights")
+    hint = bad_weights(dit, "DiT")
+    if hint is None and abs(cfg_scale) > LARGE_CFG:
+        hint = (f"non-finite input: cfg_scale {cfg_scale:g} amplifies the guidance difference past the float range "
+                f"(scales in use are 1-15)")
+    elif hint is None:
+        hint = (f"the DiT ran in {dtype}; try bf16 or fp32 (--dtype)" if dtype != torch.float32 else
+                "the DiT ran in fp32 with finite inputs and finite weights that still overflow: check the "
+                "checkpoint's DiT weights")
     raise NonFiniteError(f"NaN/Inf in the DiT output at step {k + 1} of {steps} (t={t:.4f}); {hint}",
                          f"DiT step {k + 1} of {steps}")
+
+
+def decoder_output(decoder) -> None:
+    """Raise NonFiniteError('decoder') for NaN/Inf audio decoded (in fp32) from finite latents."""
+    hint = bad_weights(decoder, "decoder") or ("the decoder's weights are finite but overflow: check the "
+                                               "autoencoder weights; a checkpoint without pretransform.* "
+                                               "weights gives this")
+    raise NonFiniteError(f"the decoder produced NaN/Inf audio from finite latents ({hint})", "decoder")
 
 
 def not_silent(audio: torch.Tensor, latents: torch.Tensor) -> None:

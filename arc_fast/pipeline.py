@@ -247,8 +247,7 @@ class Pipeline:
             self.__dict__.pop("_lowp_decoders", None)
             audio = self._run_decoder(latents, torch.float32)
         if not bool(torch.isfinite(audio).all()):
-            raise NonFiniteError("the decoder produced NaN/Inf audio from finite latents (check the autoencoder "
-                                 "weights: a checkpoint without pretransform.* weights gives this)", "decoder")
+            guards.decoder_output(self.autoencoder.decoder)
         return audio.float()
 
     # -------------------------------------------------------------------------------- generation
@@ -318,7 +317,7 @@ class Pipeline:
 
         cond = self.condition(prompts, seconds)
         if guard:
-            guards.finite(cond.values(), "conditioner", "try fp32 for the text encoder")
+            guards.finite(cond.values(), "conditioner", "try fp32 for the text encoder", self.conditioner)
         _sync(self.device)
         timings.conditioner = time.perf_counter() - t_start
 
@@ -332,7 +331,8 @@ class Pipeline:
             t_enc = time.perf_counter()
             init_latents = self.encode(init_wave[..., : frames * self.hop])
             if guard:
-                guards.finite([init_latents], "encoder", "the init audio or the encoder weights")
+                guards.finite([init_latents], "encoder", "the init audio is finite and in range: check the encoder "
+                                                         "weights", self.autoencoder.encoder)
             sigma_max = init_noise_level
             _sync(self.device)
             timings.encoder = time.perf_counter() - t_enc
@@ -356,7 +356,8 @@ class Pipeline:
             step_times = [(time.perf_counter() - t0) / steps] * steps
         timings.dit_steps = step_times
         if guard:
-            guards.dit_steps(finite.first_bad() if not cuda_graph else self._graph_first_bad, steps, dtype)
+            guards.dit_steps(finite.first_bad() if not cuda_graph else self._graph_first_bad, steps, dtype, self.dit,
+                             cfg_scale)
 
         if audio is None:
             t1 = time.perf_counter()

@@ -608,3 +608,63 @@ def test_pipeline_accepts_numpy_integers_and_the_cli_shares_its_limits(micro):
                      cfg_scale=np.float32(1.0), short_window=True)
     assert audio.shape[0] == 2
     assert cli.MAX_STEPS == guards.MAX_STEPS == limits.MAX_STEPS and cli.MAX_BATCH == guards.MAX_BATCH
+
+
+# ------------------------------------------------------------- non-finite input versus non-finite weights
+
+@pytest.mark.parametrize("audio, match", [
+    (torch.full((2, 400), 1e30), r"init_audio peaks at 1e\+30, over 100 \(audio is expected in \[-1, 1\]"),
+    (torch.full((2, 400), 32767.0), r"init_audio peaks at 3.28e\+04.*divided by its full scale, e.g. 32768"),
+    (torch.tensor([[0.1, float("nan"), 0.2, float("inf")]]), r"init_audio holds 2 NaN/Inf sample\(s\) \(non-finite input"),
+])
+def test_bad_init_audio_is_named_as_input_before_the_encoder(micro, monkeypatch, audio, match):
+    def refuse(*a, **k):
+        raise AssertionError("the encoder ran on a bad init audio")
+    monkeypatch.setattr(micro, "encode", refuse)
+    with pytest.raises(ValueError, match=match):
+        micro("a", seconds=0.05, init_audio=audio)
+
+
+def _planted(module, name, value=float("nan")):
+    p = dict(module.named_parameters())[name]
+    saved = p.detach().clone()
+    with torch.no_grad():
+        p.view(-1)[0] = value
+    return p, saved
+
+
+@pytest.mark.parametrize("where, name, stage", [
+    ("dit", "transformer.project_in.weight", "DiT step 1 of 2"),
+    ("decoder", "layers.0.bias", "decoder"),
+])
+def test_non_finite_weights_are_named_apart_from_inputs(micro, where, name, stage):
+    from arc_fast.guards import NonFiniteError
+    module = micro.dit if where == "dit" else micro.autoencoder.decoder
+    p, saved = _planted(module, name)
+    try:
+        with pytest.raises(NonFiniteError, match=rf"non-finite weights: the {stage.split()[0]} parameter "
+                                                 rf"{name} holds NaN/Inf") as e:
+            micro("a", seconds=0.05, steps=2, short_window=True)
+    finally:
+        with torch.no_grad():
+            p.copy_(saved)
+    assert e.value.stage == stage and "\n" not in str(e.value)
+
+
+def test_overflowing_guidance_is_called_input_not_weights(micro):
+    from arc_fast.guards import NonFiniteError
+    with pytest.raises(NonFiniteError, match=r"step 1 of 2 .*non-finite input: cfg_scale 3e\+38") as e:
+        micro("a", seconds=0.05, steps=2, cfg_scale=3e38, short_window=True)
+    assert "weights" not in str(e.value)
+
+
+def test_cli_init_audio_of_1e30_is_one_line_and_writes_nothing(capsys, micro_model, tmp_path):
+    import soundfile as sf
+    src = tmp_path / "loud.wav"
+    sf.write(str(src), torch.full((800, 2), 1e30).numpy(), 8000, subtype="FLOAT")
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"old take")
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(out), "--model", micro_model, "--quiet",
+                        "--init-audio", str(src), "--steps", "1", "--reference")
+    _one_line_failure(code, err, "init_audio peaks at 1e+30")
+    assert out.read_bytes() == b"old take" and sorted(os.listdir(tmp_path)) == ["loud.wav", "out.wav"]
