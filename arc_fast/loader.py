@@ -119,7 +119,10 @@ def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
             raise CheckpointError(f"{source} is an FSDP-sharded trainer checkpoint: export it with the trainer "
                                   f"(export_on_finish) or resume it with the same world size")
         use_ema = ema is not False
-        dit_sd = _tensors(obj["ema"] if use_ema else obj["G"])
+        dit_sd = _tensors((obj["ema"] or {}) if use_ema else obj["G"])
+        if ema and not dit_sd:
+            raise CheckpointError(f"EMA weights were asked for (ema=True) but {source} has none (its 'ema' entry "
+                                  f"is empty): leave ema unset, or pass ema=False for the online generator")
         n_d = len(obj.get("D") or {})
         notes.append(f"arc_fast ARC trainer checkpoint (step {obj.get('step')}): using the "
                      f"{'EMA generator' if use_ema else 'online generator G (ema=False)'}; the discriminator "
@@ -135,6 +138,10 @@ def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
     arc = _metadata_arc(metadata)
     evidence = "the checkpoint's arc_fast metadata" if arc is not None else None
     if not any(k.startswith("diffusion.") for k in tensors):
+        if ema:
+            raise CheckpointError(f"EMA weights were asked for (ema=True) but {source} has none: it is an "
+                                  f"unwrapped inference checkpoint (one set of weights, no diffusion_ema.* keys); "
+                                  f"leave ema unset or pass ema=False")
         return ResolvedCheckpoint(tensors, notes, "unwrapped", arc, evidence, metadata=metadata)
 
     out: dict = {}
@@ -169,7 +176,8 @@ def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
     elif ema_sd:
         notes.append("EMA weights present but not used (ema=False)")
     elif ema:
-        raise CheckpointError(f"EMA weights were asked for but {source} has none (no diffusion_ema.ema_model.* keys)")
+        raise CheckpointError(f"EMA weights were asked for (ema=True) but {source} has none (no "
+                              f"diffusion_ema.ema_model.* keys): leave ema unset or pass ema=False")
     for what, n in sorted(ignored.items()):
         notes.append(f"ignored {n} {what} tensor(s) (training only)")
     if is_arc:
@@ -222,7 +230,8 @@ def read_component(path: str, component: str, ema: bool | None = None) -> Resolv
                              f"(discriminator, losses)")
             return ResolvedCheckpoint({prefix + k: v for k, v in part.items()}, notes, "autoencoder-lightning",
                                       metadata=metadata)
-    res = resolve_layout(obj, metadata, ema, source=path)
+    # ema=True requires EMA weights for the DiT; an autoencoder file takes its EMA weights only where it has them.
+    res = resolve_layout(obj, metadata, None if (component == "autoencoder" and ema) else ema, source=path)
     res.notes = notes + res.notes
     sd = res.state_dict
     if component == "dit":

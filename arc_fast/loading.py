@@ -130,7 +130,7 @@ def resolve_model(model: str | None = None, *, config=None, dit: str | None = No
     evidence: list[tuple[bool, str]] = []
     base = None
     if main is not None:
-        res = read_resolved(main, ema)
+        res = read_resolved(main, None if (dit is not None and ema) else ema)  # dit= replaces main's DiT
         notes += res.notes
         sd = dict(res.state_dict)
         if res.arc_post_trained is not None:
@@ -265,8 +265,8 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     autoencoder.safetensors), one checkpoint file (config beside it, or ``config=``), or None for the
     bundled default. Any layout of ``arc_fast.loader`` (Lightning wrappers, EMA, ARC training, the arc_fast
     trainer). dit / autoencoder: separate files that replace (or supply) those components. config: a dict
-    or a JSON path. ema: None = prefer EMA weights when present (noted in ``load_notes``), True = require,
-    False = online weights. arc_post_trained: override the detected model kind. dtype: the DiT's
+    or a JSON path. ema: None = prefer EMA weights when present (noted in ``load_notes``), True = require
+    them for the DiT (CheckpointError naming the file if it has none), False = online weights. arc_post_trained: override the detected model kind. dtype: the DiT's
     precision: None / "auto" = on the CPU the fastest precision this CPU runs well, per stage
     (``arc_fast.cpu.choose_precisions``: bf16 where oneDNN has native bf16 and a cached one-off probe confirms
     the gain, else fp32; an int8 export keeps int8), fp32 on CUDA for None and bf16 for "auto"; "fp32" / "bf16" /

@@ -668,3 +668,27 @@ def test_cli_init_audio_of_1e30_is_one_line_and_writes_nothing(capsys, micro_mod
                         "--init-audio", str(src), "--steps", "1", "--reference")
     _one_line_failure(code, err, "init_audio peaks at 1e+30")
     assert out.read_bytes() == b"old take" and sorted(os.listdir(tmp_path)) == ["loud.wav", "out.wav"]
+
+
+# ------------------------------------------------------------------------------------------ EMA required
+
+@pytest.mark.parametrize("layout", ["unwrapped", "lightning"])
+def test_ema_true_without_ema_weights_is_refused_by_name(micro, tmp_path, layout):
+    sd = micro.state_dict()
+    if layout == "lightning":
+        sd = {"diffusion." + k: v for k, v in sd.items()}
+    path = save_model(micro, tmp_path / layout, "model.ckpt", sd={"state_dict": sd} if layout == "lightning" else sd)
+    with pytest.raises(CheckpointError, match=r"EMA weights were asked for \(ema=True\) but .*model\.ckpt has none"):
+        load_pipeline(str(tmp_path / layout), device="cpu", dtype="fp32", fast=False, ema=True)
+    # Without ema=True both load; an autoencoder file needs no EMA weights even with ema=True.
+    load_pipeline(str(tmp_path / layout), device="cpu", dtype="fp32", fast=False)
+    ae = tmp_path / "ae.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in micro.autoencoder.state_dict().items()}, str(ae))
+    lightning = tmp_path / "ema.ckpt"
+    ema_sd = {**{"diffusion." + k: v for k, v in micro.state_dict().items()},
+              **{"diffusion_ema.ema_model." + k[len("model."):]: v for k, v in micro.state_dict().items()
+                 if k.startswith("model.model.")}}
+    torch.save({"state_dict": ema_sd}, str(lightning))
+    load_pipeline(str(lightning), config=micro.config, autoencoder=str(ae), device="cpu", dtype="fp32", fast=False,
+                  ema=True)
