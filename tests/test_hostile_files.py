@@ -677,7 +677,7 @@ def test_ema_true_without_ema_weights_is_refused_by_name(micro, tmp_path, layout
     sd = micro.state_dict()
     if layout == "lightning":
         sd = {"diffusion." + k: v for k, v in sd.items()}
-    path = save_model(micro, tmp_path / layout, "model.ckpt", sd={"state_dict": sd} if layout == "lightning" else sd)
+    save_model(micro, tmp_path / layout, "model.ckpt", sd={"state_dict": sd} if layout == "lightning" else sd)
     with pytest.raises(CheckpointError, match=r"EMA weights were asked for \(ema=True\) but .*model\.ckpt has none"):
         load_pipeline(str(tmp_path / layout), device="cpu", dtype="fp32", fast=False, ema=True)
     # Without ema=True both load; an autoencoder file needs no EMA weights even with ema=True.
