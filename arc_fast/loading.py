@@ -267,7 +267,8 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     trainer). dit / autoencoder: separate files that replace (or supply) those components. config: a dict
     or a JSON path. ema: None = prefer EMA weights when present (noted in ``load_notes``), True = require
     them for the DiT (CheckpointError naming the file if it has none), False = online weights.
-    arc_post_trained: override the detected model kind. dtype: the DiT's precision: None / "auto" = on the CPU the fastest precision this CPU runs well, per stage
+    arc_post_trained: override the detected model kind. dtype: the DiT's precision: None / "auto" = on the
+    CPU the fastest precision this CPU runs well, per stage
     (``arc_fast.cpu.choose_precisions``: bf16 where oneDNN has native bf16 and a cached one-off probe confirms
     the gain, else fp32; an int8 export keeps int8), fp32 on CUDA for None and bf16 for "auto"; "fp32" / "bf16" /
     "fp16"; "int8" (CPU: torchao dynamic int8 of the DiT's linears, ``arc_fast.cpu.quantize_dit_int8``).
