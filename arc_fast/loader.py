@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .configs import check_config
 from .files import (POINTER_MAGIC, CheckpointError, HostilePickleError, fsync_dir,  # noqa: F401 - public here too
                     read_file, resolve_pointer, save_json, save_safetensors, weights_only_reason, write_pointer)
 
@@ -282,17 +283,9 @@ def build_models(config: dict, meta: bool = False, parts: tuple = ("dit", "autoe
     from .reference.conditioners import conditioner_from_config
     from .reference.dit import DiffusionTransformer
 
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict (a parsed model_config.json), got {type(config).__name__}")
-    if config.get("model_type") != "diffusion_cond":
-        raise ValueError(f"model_type {config.get('model_type')!r} is not supported (expected 'diffusion_cond')")
-    m = config.get("model", {})
-    for part in ("diffusion", "pretransform", "conditioning"):
-        if part not in m:
-            raise ValueError(f"model config lacks 'model.{part}'")
+    check_config(config)  # every field used below, by name (ValueError)
+    m = config["model"]
     diff = m["diffusion"]
-    if diff.get("type", "dit") != "dit":
-        raise ValueError(f"diffusion type {diff.get('type')!r} is not supported (expected 'dit')")
     dit_cfg = dict(diff["config"])
     dit_cfg.setdefault("diffusion_objective", diff.get("diffusion_objective", "v"))
     ctx = torch.device("meta") if meta else (_nullcontext() if init else _skip_init())

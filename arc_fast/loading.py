@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .configs import check_config
 from .int8 import apply_int8_layout, dequantize_int8_layers
 from .loader import (PREFIXES, CheckpointError, build_models, check_state_dict, read_component, read_resolved,
                      refresh_weight_norm)
@@ -64,15 +65,16 @@ def _find_checkpoint(directory: str) -> str:  # kept for callers of the old name
 
 
 def read_config(config) -> dict:
-    """A model config from a dict (deep-copied) or a JSON file path."""
+    """A model config from a dict (deep-copied) or a JSON file path, validated field by field
+    (``arc_fast.configs.check_config``: ValueError naming the file, the field and the allowed values)."""
     if isinstance(config, dict):
-        return copy.deepcopy(config)
+        return check_config(copy.deepcopy(config), "the given model config")
     path = os.fspath(config)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model_config.json not found at {path}")
     with open(path) as f:
         try:
-            return json.load(f)
+            return check_config(json.load(f), path)
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
 

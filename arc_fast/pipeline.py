@@ -31,6 +31,7 @@ from torch import nn
 
 from . import audio as _audio
 from . import cuda_graphs, guards, sampling
+from .configs import check_defaults
 from .cpu import set_dit_precision
 from .dtypes import DTYPES, dtype_name, parse_dtype  # noqa: F401 - public here too
 from .guards import SILENCE_PEAK, GenerationError, NonFiniteError  # noqa: F401 - public here too
@@ -131,10 +132,7 @@ class Pipeline:
         ``arc_fast.defaults`` (any of sampler / steps / cfg_scale) overrides them (what its trainer measured)."""
         d = ({"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0} if self.is_arc else
              {"sampler": "euler", "steps": 100, "cfg_scale": 7.0})
-        own = self.config.get("arc_fast", {}).get("defaults") or {}
-        bad = sorted(set(own) - set(d))
-        if bad:
-            raise ValueError(f"model config arc_fast.defaults: unknown keys {bad}; allowed: sampler, steps, cfg_scale")
+        own = check_defaults(self.config.get("arc_fast", {}).get("defaults") or {})
         return {**d, **own}
 
     def describe(self) -> str:

@@ -692,3 +692,74 @@ def test_ema_true_without_ema_weights_is_refused_by_name(micro, tmp_path, layout
     torch.save({"state_dict": ema_sd}, str(lightning))
     load_pipeline(str(lightning), config=micro.config, autoencoder=str(ae), device="cpu", dtype="fp32", fast=False,
                   ema=True)
+
+
+# ------------------------------------------------------------------------------------------ config fields
+
+def _set(cfg, path, value):
+    *parents, last = path.split(".")
+    for p in parents:
+        cfg = cfg[p]
+    cfg[last] = value
+
+
+@pytest.mark.parametrize("path, value, match", [
+    ("sample_rate", 0, r"sample_rate must be a positive integer \(Hz\), got 0"),
+    ("sample_rate", "abc", r"sample_rate must be a positive integer \(Hz\), got 'abc'"),
+    ("sample_size", -5, r"sample_size must be a positive integer \(audio samples in the model's window\), got -5"),
+    ("sample_size", 16, r"sample_size must be at least one latent frame \(model.pretransform.config."
+                        r"downsampling_ratio = 32 samples\), got 16"),
+    ("model.diffusion.config.embed_dim", "big", r"model.diffusion.config.embed_dim must be a positive integer, "
+                                                r"got 'big'"),
+    ("model.diffusion.config.depth", 3.5, r"model.diffusion.config.depth must be a positive integer, got 3.5"),
+    ("model.diffusion.config.num_heads", True, r"num_heads must be a positive integer, got True"),
+    ("model.pretransform.config.decoder.config.strides", [4, 0], r"decoder.config.strides must be a non-empty "
+                                                                 r"list of positive integers, got a JSON list \[4, 0\]"),
+    ("model.diffusion.diffusion_objective", "x0", r"model.diffusion.diffusion_objective must be one of 'v', "
+                                                  r"'rectified_flow', 'rf_denoiser', got 'x0'"),
+    ("model.conditioning", [], r"model.conditioning must be a JSON object, got a JSON list \[\]"),
+    ("model_type", "autoencoder", r"model_type must be one of 'diffusion_cond', got 'autoencoder'"),
+    ("arc_fast.defaults.steps", 0, r"arc_fast.defaults.steps must be a positive integer <= 1000, got 0"),
+    ("arc_fast.defaults.steps", 10 ** 6, r"arc_fast.defaults.steps must be a positive integer <= 1000"),
+    ("arc_fast.defaults.steps", "8", r"arc_fast.defaults.steps must be a positive integer <= 1000, got '8'"),
+    ("arc_fast.defaults.sampler", "ddim", r"arc_fast.defaults.sampler must be one of 'euler', 'pingpong'"),
+    ("arc_fast.defaults.cfg_scale", float("nan"), r"arc_fast.defaults.cfg_scale must be a finite number >= 0"),
+])
+def test_config_fields_are_validated_by_name(micro, tmp_path, path, value, match):
+    import copy
+    import json
+    cfg = copy.deepcopy(micro.config)
+    cfg.setdefault("arc_fast", {}).setdefault("defaults", {})
+    _set(cfg, path, value)
+    save_model(micro, tmp_path, config=cfg)
+    with pytest.raises(ValueError, match=match) as e:
+        load_pipeline(str(tmp_path), device="cpu", dtype="fp32", fast=False)
+    assert str(tmp_path / "model_config.json") in str(e.value) and "\n" not in str(e.value)
+    assert "--steps" not in str(e.value)
+    with pytest.raises(ValueError, match=match):  # a config given as a dict is checked the same way
+        load_pipeline(str(tmp_path / "model.safetensors"), config=json.loads(json.dumps(cfg, allow_nan=True)),
+                      device="cpu", dtype="fp32", fast=False)
+
+
+def test_config_that_is_a_json_list_is_named(micro, tmp_path, capsys):
+    save_model(micro, tmp_path)
+    (tmp_path / "model_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"model_config.json must be a JSON object .*got a JSON list"):
+        load_pipeline(str(tmp_path), device="cpu", fast=False)
+    code, _, err = _cli(capsys, "convert", str(tmp_path), "-o", str(tmp_path / "out"))
+    _one_line_failure(code, err, "must be a JSON object", "got a JSON list")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_steps_are_blamed_on_the_config_not_on_steps(micro, capsys, tmp_path):
+    import copy
+    cfg = copy.deepcopy(micro.config)
+    cfg["arc_fast"]["defaults"] = {"steps": 0}
+    save_model(micro, tmp_path / "m", config=cfg)
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "a.wav"), "--model", str(tmp_path / "m"),
+                        "--quiet")
+    _one_line_failure(code, err, "arc_fast.defaults.steps must be a positive integer <= 1000, got 0")
+    assert "--steps" not in err and not (tmp_path / "a.wav").exists()
+    from arc_fast.pipeline import Pipeline
+    with pytest.raises(ValueError, match=r"arc_fast.defaults.steps"):  # a Pipeline built from a dict too
+        Pipeline(cfg, micro.dit, micro.autoencoder, micro.conditioner).defaults()
