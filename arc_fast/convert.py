@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .int8 import apply_int8_layout, quantize_dit_state_dict
-from .loader import PREFIXES, CheckpointError, build_models, check_state_dict, save_json, save_safetensors
+from .loader import PREFIXES, CheckpointError, build_models, check_state_dict, loadable, save_json, save_safetensors
 from .loading import CHECKPOINT_NAMES, SPLIT_NAMES, resolve_model
 from .pipeline import parse_dtype
 
@@ -42,9 +42,9 @@ def convert_model(model: str | None, out_dir: str, *, config=None, dit: str | No
         warnings.warn(p, RuntimeWarning, stacklevel=2)
     # Only the keys the model uses are written: unknown keys never reach an inference checkpoint.
     keep = {PREFIXES[c] + k for c, part in report.parts.items() for k in part}
-    own = {PREFIXES[c] + k for c, m in (("dit", dit_m), ("autoencoder", ae_m), ("conditioner", cond_m))
-           for k in m.state_dict()}
-    sd = {k: v for k, v in sd.items() if k in keep and k in own}
+    own = {PREFIXES[c] + k: t for c, m in (("dit", dit_m), ("autoencoder", ae_m), ("conditioner", cond_m))
+           for k, t in m.state_dict().items()}
+    sd = {k: v for k, v in sd.items() if k in keep and k in own and loadable(v, own[k])}
     cast = parse_dtype(dtype)
     if cast is not None:
         sd = {k: (v.to(cast) if v.is_floating_point() and not k.endswith(".weight_scale") else v)

@@ -308,6 +308,27 @@ def _list(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")
 
 
+def _kind(dtype: torch.dtype) -> str:
+    """The kind of values a dtype holds: a checkpoint tensor must hold the kind the model's does (float
+    weights may come in any float precision; int8 is the int8 DiT layout, not a number kind)."""
+    if dtype == torch.int8:
+        return "int8"
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def _both(got: torch.Tensor, own: torch.Tensor) -> str:
+    return f"checkpoint {got.dtype} {tuple(got.shape)} vs model {own.dtype} {tuple(own.shape)}"
+
+
+def loadable(got: torch.Tensor, own: torch.Tensor) -> bool:
+    """Whether a checkpoint tensor can take a model tensor's place: same shape, same kind of values."""
+    return tuple(got.shape) == tuple(own.shape) and _kind(got.dtype) == _kind(own.dtype)
+
+
 @dataclass
 class CheckReport:
     """Result of ``check_state_dict``: per-component sub-state-dicts (prefix stripped), problems (one line
@@ -319,8 +340,10 @@ class CheckReport:
 
 
 def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
-    """Compare a full-layout state dict with the modules (real or meta): missing, unexpected and mis-shaped
-    keys per component, and keys outside the layout. A missing encoder (every ``encoder.*`` key absent) is
+    """Compare a full-layout state dict with the modules (real or meta): missing, unexpected, mis-shaped and
+    mis-typed keys per component (each named with both dtypes and shapes, one line per problem: an int32,
+    bool or complex tensor where the model has float weights is refused here, not by a kernel), and keys
+    outside the layout. A missing encoder (every ``encoder.*`` key absent) is
     tolerated and reported as ``no_encoder``."""
     parts = {name: {} for name in PREFIXES}
     leftover = []
@@ -344,10 +367,10 @@ def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
                 no_encoder = True
                 missing = [k for k in missing if not k.startswith("encoder.")]
         unexpected = [k for k in got if k not in own]
-        shape = [f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in got and tuple(got[k].shape) != tuple(own[k].shape)]
-        kinds = [f"{k}: checkpoint {got[k].dtype} vs model {own[k].dtype}" for k in own
-                 if k in got and (got[k].dtype == torch.int8) != (own[k].dtype == torch.int8)]
+        shape = [f"{k}: {_both(got[k], own[k])}" for k in own
+                 if k in got and tuple(got[k].shape) != tuple(own[k].shape)]
+        kinds = [f"{k}: {_both(got[k], own[k])}" for k in own
+                 if k in got and _kind(got[k].dtype) != _kind(own[k].dtype)]
         label = COMPONENT_NAMES[name]
         if missing:
             hint = ""
@@ -363,7 +386,7 @@ def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
             problems.append(f"{label}: shape mismatch: {'; '.join(shape[:4])}")
             incomplete.add(name)
         if kinds:
-            problems.append(f"{label}: int8/float mismatch: {'; '.join(kinds[:4])}")
+            problems.append(f"{label}: dtype mismatch: {'; '.join(kinds[:4])}")
             incomplete.add(name)
     if leftover:
         problems.append(f"unused key(s) outside the model layout: {_list(leftover)}")

@@ -33,8 +33,8 @@ from torch import nn
 
 from .configs import check_config
 from .int8 import apply_int8_layout, dequantize_int8_layers
-from .loader import (PREFIXES, CheckpointError, build_models, check_state_dict, read_component, read_resolved,
-                     refresh_weight_norm)
+from .loader import (PREFIXES, CheckpointError, build_models, check_state_dict, loadable, read_component,
+                     read_resolved, refresh_weight_norm)
 from .pipeline import Pipeline, parse_dtype
 
 logger = logging.getLogger("arc_fast")
@@ -248,7 +248,7 @@ def materialize(resolved: ResolvedModel, allow_partial: bool = False) -> tuple[n
         mod = modules[name]
         own = mod.state_dict()
         usable = {k: v for k, v in report.parts[name].items()
-                  if k in own and tuple(v.shape) == tuple(own[k].shape)}
+                  if k in own and loadable(v, own[k])}
         mod.load_state_dict(usable, strict=False, assign=True)
     dit, ae, cond = modules["dit"], modules["autoencoder"], modules["conditioner"]
     refresh_weight_norm(ae)
@@ -395,7 +395,7 @@ def load_state_dict_into(dit: nn.Module, autoencoder: nn.Module, conditioner: nn
         warnings.warn(p, RuntimeWarning, stacklevel=2)
     for name, mod in (("dit", dit), ("autoencoder", autoencoder), ("conditioner", conditioner)):
         own = mod.state_dict()
-        usable = {k: v for k, v in report.parts[name].items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        usable = {k: v for k, v in report.parts[name].items() if k in own and loadable(v, own[k])}
         mod.load_state_dict(usable, strict=False)
     return report.problems
 

@@ -763,3 +763,36 @@ def test_bad_config_steps_are_blamed_on_the_config_not_on_steps(micro, capsys, t
     from arc_fast.pipeline import Pipeline
     with pytest.raises(ValueError, match=r"arc_fast.defaults.steps"):  # a Pipeline built from a dict too
         Pipeline(cfg, micro.dit, micro.autoencoder, micro.conditioner).defaults()
+
+
+# ----------------------------------------------------------------------------------- mistyped weights
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+def test_mistyped_weights_name_key_dtypes_and_shapes_on_one_line(micro, tmp_path, capsys, dtype):
+    key = "model.model.transformer.project_in.weight"
+    sd = micro.state_dict()
+    sd[key] = sd[key].to(dtype)
+    shape = tuple(sd[key].shape)
+    save_model(micro, tmp_path / "m", "model.ckpt", sd=sd)
+    said = rf"transformer.project_in.weight: checkpoint {dtype} {re_shape(shape)} vs model torch.float32 {re_shape(shape)}"
+    with pytest.raises(CheckpointError, match=r"DiT \(model.model.\*\): dtype mismatch: " + said) as e:
+        load_pipeline(str(tmp_path / "m"), device="cpu", dtype="fp32", fast=False)
+    assert "\n" not in str(e.value)
+    code, _, err = _cli(capsys, "convert", str(tmp_path / "m"), "-o", str(tmp_path / "out"))
+    _one_line_failure(code, err, f"transformer.project_in.weight: checkpoint {dtype} {shape} vs model torch.float32")
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    with pytest.warns(RuntimeWarning, match="dtype mismatch"):  # allow_partial: warned, and the key not loaded
+        p = load_pipeline(str(tmp_path / "m"), device="cpu", dtype="fp32", fast=False, allow_partial=True)
+    assert p.dit.transformer.project_in.weight.dtype == torch.float32
+
+
+def re_shape(shape):
+    import re
+    return re.escape(str(shape))
+
+
+def test_half_precision_weights_still_load(micro, tmp_path):
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in micro.state_dict().items()}
+    save_model(micro, tmp_path, sd=sd)
+    p = load_pipeline(str(tmp_path), device="cpu", dtype="fp32", fast=False)
+    torch.testing.assert_close(p.dit.transformer.project_in.weight, micro.dit.transformer.project_in.weight.half().float())
