@@ -47,13 +47,18 @@ SPLIT_NAMES = {"dit": "dit.safetensors", "autoencoder": "autoencoder.safetensors
 
 def find_checkpoint(directory: str) -> dict[str, str]:
     """The checkpoint files of a model folder: {'main': path} or, for a split folder, {'dit': ..,
-    'autoencoder': ..}. Raises FileNotFoundError naming what was looked for."""
-    for name in CHECKPOINT_NAMES:
-        p = os.path.join(directory, name)
-        if os.path.isfile(p):
-            return {"main": p}
+    'autoencoder': ..}. Raises FileNotFoundError naming what was looked for, and CheckpointError for a folder
+    holding more than one model (say model.safetensors and model.ckpt): which one was meant is not guessed."""
+    found = [name for name in CHECKPOINT_NAMES if os.path.isfile(os.path.join(directory, name))]
     split = {k: os.path.join(directory, v) for k, v in SPLIT_NAMES.items()}
     if all(os.path.isfile(p) for p in split.values()):
+        found.append(" + ".join(SPLIT_NAMES.values()))
+    if len(found) > 1:
+        raise CheckpointError(f"{directory} holds more than one model ({' and '.join(found)}): keep one and move "
+                              f"the others away, or load a file by name (e.g. {os.path.join(directory, found[0])})")
+    if found and found[0] in CHECKPOINT_NAMES:
+        return {"main": os.path.join(directory, found[0])}
+    if found:
         return split
     raise FileNotFoundError(f"no model.safetensors or model.ckpt (or dit.safetensors + autoencoder.safetensors) "
                             f"in {directory}")

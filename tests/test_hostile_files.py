@@ -15,6 +15,7 @@ import collections
 import io
 import os
 import pickle
+import re
 import struct
 import types
 
@@ -787,7 +788,6 @@ def test_mistyped_weights_name_key_dtypes_and_shapes_on_one_line(micro, tmp_path
 
 
 def re_shape(shape):
-    import re
     return re.escape(str(shape))
 
 
@@ -796,3 +796,25 @@ def test_half_precision_weights_still_load(micro, tmp_path):
     save_model(micro, tmp_path, sd=sd)
     p = load_pipeline(str(tmp_path), device="cpu", dtype="fp32", fast=False)
     torch.testing.assert_close(p.dit.transformer.project_in.weight, micro.dit.transformer.project_in.weight.half().float())
+
+
+# ------------------------------------------------------------------------------ ambiguous model folders
+
+@pytest.mark.parametrize("second", ["model.ckpt", "split"])
+def test_folder_with_two_models_is_refused_naming_both(micro, tmp_path, capsys, second):
+    d = tmp_path / "m"
+    save_model(micro, d)
+    if second == "split":
+        for name in ("dit.safetensors", "autoencoder.safetensors"):
+            (d / name).write_bytes(b"")
+        both = "model.safetensors and dit.safetensors + autoencoder.safetensors"
+    else:
+        save_model(micro, d, "model.ckpt")
+        both = "model.safetensors and model.ckpt"
+    with pytest.raises(CheckpointError, match=rf"holds more than one model \({re.escape(both)}\): keep one and move the "
+                                              rf"others away, or load a file by name"):
+        load_pipeline(str(d), device="cpu", fast=False)
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "a.wav"), "--model", str(d), "--quiet")
+    _one_line_failure(code, err, f"{d} holds more than one model ({both})", str(d / "model.safetensors"))
+    assert not (tmp_path / "a.wav").exists()
+    load_pipeline(str(d / "model.safetensors"), device="cpu", fast=False)  # naming the file resolves it
