@@ -818,3 +818,59 @@ def test_folder_with_two_models_is_refused_naming_both(micro, tmp_path, capsys, 
     _one_line_failure(code, err, f"{d} holds more than one model ({both})", str(d / "model.safetensors"))
     assert not (tmp_path / "a.wav").exists()
     load_pipeline(str(d / "model.safetensors"), device="cpu", fast=False)  # naming the file resolves it
+
+
+# ------------------------------------------------------------------------- convert --overwrite, atomically
+
+def _snapshot(d):
+    return {name: (d / name).read_bytes() for name in sorted(os.listdir(d))}
+
+
+@pytest.fixture
+def converted(micro, tmp_path, capsys):
+    """A model folder to convert from, and an output folder already holding a split model plus a user file."""
+    src = tmp_path / "src"
+    save_model(micro, src)
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out), "--split")
+    assert code == 0, err
+    (out / "notes.txt").write_text("mine")
+    return src, out, _snapshot(out)
+
+
+@pytest.mark.parametrize("fail_at", ["write", "install"])
+def test_convert_overwrite_failing_halfway_leaves_the_old_model(converted, tmp_path, capsys, monkeypatch, fail_at):
+    import arc_fast.convert
+    import arc_fast.files
+    src, out, before = converted
+    if fail_at == "write":  # the disk fills up after the first file of the new model
+        real = arc_fast.convert.save_json
+
+        def full_disk(obj, path):
+            raise OSError(28, os.strerror(28), path)
+        monkeypatch.setattr(arc_fast.convert, "save_json", full_disk)
+    else:  # the second move into place fails: the first one and the old files are moved back
+        real, calls = os.replace, []
+
+        def failing_replace(a, b):
+            if os.path.dirname(os.fspath(b)) == str(out) and ".arc-fast-" in os.fspath(a):
+                calls.append(b)
+                if len(calls) == 2:
+                    raise OSError(5, os.strerror(5), b)
+            return real(a, b)
+        monkeypatch.setattr(arc_fast.files.os, "replace", failing_replace)
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out), "--overwrite")
+    _one_line_failure(code, err, "No space left on device" if fail_at == "write" else "Input/output error")
+    assert _snapshot(out) == before  # the old split model, untouched, and the user's file
+    assert sorted(os.listdir(tmp_path)) == ["out", "src"]  # no staging or backup folder left behind
+
+
+def test_convert_overwrite_replaces_the_old_model_as_a_set(converted, tmp_path, capsys):
+    src, out, before = converted
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out), "--overwrite")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["model.safetensors", "model_config.json", "notes.txt"]  # no stale split
+    assert (out / "notes.txt").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["out", "src"]
+    load_pipeline(str(out), device="cpu", fast=False)
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out))
+    _one_line_failure(code, err, "already holds model.safetensors, model_config.json")
