@@ -874,3 +874,41 @@ def test_convert_overwrite_replaces_the_old_model_as_a_set(converted, tmp_path, 
     load_pipeline(str(out), device="cpu", fast=False)
     code, _, err = _cli(capsys, "convert", str(src), "-o", str(out))
     _one_line_failure(code, err, "already holds model.safetensors, model_config.json")
+
+
+# ---------------------------------------------------------------------------- FastOobleckDecoder inputs
+
+def _fast_decoder():
+    from arc_fast.models.decoder import FastOobleckDecoder
+    return FastOobleckDecoder(out_channels=2, channels=4, latent_dim=8, c_mults=[1, 2], strides=[2, 2],
+                              use_snake=True, final_tanh=False).eval()
+
+
+@pytest.mark.parametrize("x, exc, match", [
+    (torch.zeros(1, 8, 5, dtype=torch.int64), ValueError,
+     r"FastOobleckDecoder input: x must be a floating-point tensor of latents .*got torch.int64"),
+    (torch.zeros(1, 8, 5, dtype=torch.bool), ValueError, r"x must be a floating-point tensor .*got torch.bool"),
+    (torch.zeros(1, 7, 5), ValueError, r"expected 8 channels \(dim 1\) for latents, got 7"),
+    (torch.zeros(8, 5), ValueError, r"expected latents of shape \(B, 8, T\), got rank 2"),
+    (torch.zeros(1, 8, 0), ValueError, r"no latent frames \(shape \(1, 8, 0\)\)"),
+    ([[0.0]], TypeError, r"expected a torch.Tensor, got list"),
+])
+def test_fast_decoder_rejects_bad_latents_by_name(x, exc, match):
+    with pytest.raises(exc, match=match), torch.no_grad():
+        _fast_decoder()(x)
+
+
+def test_fast_decoder_finiteness_check_is_opt_in_and_skipped_when_compiling(monkeypatch):
+    dec = _fast_decoder()
+    x = torch.randn(2, 8, 6)
+    bad = x.clone()
+    bad[1, 3, 2] = float("inf")
+    with torch.no_grad():
+        assert not torch.isfinite(dec(bad)).all()  # default: off (the pipeline's guard names the stage)
+        for mode in (None, True):
+            dec.check_finite = mode
+            with pytest.raises(ValueError, match=r"x holds NaN/Inf values \(non-finite input, not a weights"):
+                dec(bad)
+        assert torch.isfinite(dec(x)).all()  # finite latents pass the check
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # a traced graph holds no host sync
+        assert not torch.isfinite(dec(bad)).all()
