@@ -50,8 +50,8 @@ MIN_SPEEDUP = 1.25
 # a margin of one such run's spread while rejecting a setting whose error is a tenth of the signal's power.
 MIN_AUDIO_SNR_DB = 20.0
 
-_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
-          "amx_int8")
+_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+          "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
 _PROBE_VERSION = 1
 
 

@@ -171,3 +171,35 @@ def call_arguments(prompt, seconds, steps, cfg_scale, batch_size, seed, *, max_s
     elif batch_size > 1 and len(prompts) != batch_size:
         raise ValueError(f"{len(prompts)} prompts but batch_size={batch_size}")
     return prompts, seconds, steps, cfg_scale, batch_size, seed
+
+
+def negative_prompts(negative_prompt, n: int, cfg_scale: float, text_conditioned: bool) -> list[str] | None:
+    """``Pipeline.__call__``'s ``negative_prompt`` -> n strings (one per clip) or None.
+
+    negative_prompt: None, a string (every clip), or a list / tuple of strings with one per clip (or one for
+    all). It conditions the unguided half of classifier-free guidance (stable-audio-tools' negative
+    conditioning), so it is refused, rather than silently ignored, where it cannot act: ``cfg_scale`` 1 (no
+    guidance: ARC post-trained models) or a model with no text conditioner (``text_conditioned`` False).
+    Raises TypeError (not text) or ValueError (wrong count, no guidance), naming ``negative_prompt``."""
+    if negative_prompt is None:
+        return None
+    if isinstance(negative_prompt, str):
+        negatives = [negative_prompt] * n
+    elif isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt):
+        negatives = list(negative_prompt) * n if len(negative_prompt) == 1 else list(negative_prompt)
+        if len(negatives) != n:
+            raise ValueError(f"negative_prompt has {len(negative_prompt)} strings but {n} clips are generated "
+                             f"(give one string, or one per clip)")
+    else:
+        got = (type(negative_prompt).__name__ if not isinstance(negative_prompt, (list, tuple)) else
+               "a list holding " + ", ".join(sorted({type(p).__name__ for p in negative_prompt
+                                                     if not isinstance(p, str)})))
+        raise TypeError(f"negative_prompt must be a string or a list of strings, got {got}")
+    if not text_conditioned:
+        raise ValueError("negative_prompt needs a text-conditioned model; this one has no text conditioner "
+                         "(drop negative_prompt)")
+    if float(cfg_scale) == 1.0:
+        raise ValueError("negative_prompt acts through classifier-free guidance, and this call samples with "
+                         "cfg_scale 1 (no guidance; the default of ARC post-trained models): give cfg_scale != 1 "
+                         "or drop negative_prompt")
+    return negatives

@@ -54,7 +54,33 @@ def main() -> int:
         print("device: CPU only")
     for name, live, detail in backend_status():
         print(f"  {'[live]' if live else '[off] '} {name:24s} {detail}")
+    for line in cpu_report():
+        print(line)
     return 0
+
+
+def cpu_report() -> list[str]:
+    """The CPU path: features that matter (AVX2 / AVX-512 / AVX512-BF16 / VNNI / AMX, oneDNN, the quantized
+    engines), the probe's measured bf16 speed-ups, and what ``dtype="auto"`` picks per stage and why."""
+    from . import cpu
+
+    f = cpu.cpu_features()
+    lines = [f"CPU: {f.model}, {f.physical_cores} physical cores (default threads), torch capability {f.capability}"]
+    has = lambda *names: "yes" if any(n in f.flags for n in names) else "no"  # noqa: E731
+    lines.append(f"  AVX2 {has('avx2')} | AVX-512 {has('avx512f')} | AVX512-BF16 {has('avx512_bf16')} | "
+                 f"AVX512-VNNI {has('avx512_vnni')} | AMX-BF16 {has('amx_bf16')} | AMX-INT8 {has('amx_int8')}")
+    engines = "/".join(e for e in f.quantized_engines if e != "none") or "none"
+    lines.append(f"  oneDNN {'yes' if f.mkldnn else 'no'} (native bf16: {'yes' if f.mkldnn_bf16 else 'no'}) | "
+                 f"quantized engines (fbgemm/x86): {engines} | torchao (int8): "
+                 f"{'yes' if cpu.torchao_available() is None else 'no'}")
+    probed = cpu.probe()
+    if probed is not None:
+        lines.append(f"  probe (one thread, cached): bf16 matmul {probed['linear_bf16_speedup']:.1f}x fp32, bf16 conv "
+                     f"{probed['conv_bf16_speedup']:.1f}x fp32")
+    p = cpu.choose_precisions(f, probed)
+    lines.append(f"  dtype auto -> DiT {p.reasons['dit']}")
+    lines.append(f"  dtype auto -> decoder {p.reasons['decoder']}")
+    return lines
 
 
 if __name__ == "__main__":  # python -m arc_fast.info

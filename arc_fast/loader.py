@@ -304,6 +304,15 @@ class _nullcontext:
         return False
 
 
+def full_state_dict(dit: nn.Module, autoencoder: nn.Module, conditioner: nn.Module) -> dict[str, torch.Tensor]:
+    """The Stable Audio unwrapped layout (``PREFIXES``) of the three components' state dicts."""
+    sd = {}
+    for name, mod in (("dit", dit), ("autoencoder", autoencoder), ("conditioner", conditioner)):
+        for k, v in mod.state_dict().items():
+            sd[PREFIXES[name] + k] = v
+    return sd
+
+
 def _list(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")
 

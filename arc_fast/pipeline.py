@@ -35,7 +35,7 @@ from .configs import check_defaults
 from .cpu import set_dit_precision
 from .dtypes import DTYPES, dtype_name, parse_dtype  # noqa: F401 - public here too
 from .guards import SILENCE_PEAK, GenerationError, NonFiniteError  # noqa: F401 - public here too
-from .loader import PREFIXES, refresh_weight_norm, save_json, save_safetensors
+from .loader import full_state_dict, refresh_weight_norm, save_json, save_safetensors  # noqa: F401 - public here too
 from .reference.conditioners import MultiConditioner, assemble_dit_inputs
 
 @dataclass
@@ -48,6 +48,7 @@ class Timings:
     total: float = 0.0
     precision: str = ""     # e.g. "DiT bf16, decoder bf16"
     threads: int = 0        # torch intra-op threads (CPU)
+    seed: int | None = None  # the seed the call used (drawn when it was given none)
 
     def summary(self) -> str:
         n = len(self.dit_steps)
@@ -65,22 +66,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def full_state_dict(dit: nn.Module, autoencoder: nn.Module, conditioner: nn.Module) -> dict[str, torch.Tensor]:
-    """The Stable Audio unwrapped layout of the three components."""
-    sd = {}
-    for name, mod in (("dit", dit), ("autoencoder", autoencoder), ("conditioner", conditioner)):
-        for k, v in mod.state_dict().items():
-            sd[PREFIXES[name] + k] = v
-    return sd
-
-
 class Pipeline:
     """A loaded text-to-audio model. Call it with a prompt to get ``(audio (B, channels, samples), sample_rate)``.
 
     Attributes: ``dit``, ``autoencoder``, ``conditioner``, ``config``, ``sample_rate``, ``sample_size``,
     ``hop`` (audio samples per latent frame), ``latent_channels``, ``audio_channels``, ``objective``,
     ``is_arc``, ``device``, ``dtype`` (DiT), ``autoencoder_dtype`` (decoder compute), ``load_notes`` (what the
-    loader chose/ignored), ``last_timings``.
+    loader chose/ignored), ``last_timings``, ``last_seed`` (the seed the last call used: the one it was given,
+    or the one it drew; passing it back as ``seed`` reproduces the clip).
     """
 
     def __init__(self, config: dict, dit: nn.Module, autoencoder: nn.Module, conditioner: MultiConditioner,
@@ -107,8 +100,12 @@ class Pipeline:
         self.dtype = next(dit.parameters()).dtype
         self.dit_precision = dtype_name(self.dtype)
         self.autoencoder_dtype = torch.float32
+        # The fused decoder's activation budget: longer audio / bigger batches decode in exact overlapping chunks
+        # (FastOobleckDecoder.decode_bounded). 12 s of SAO audio needs ~0.4 GB in bf16, ~0.8 GB in fp32.
+        self.decoder_max_bytes = int(float(os.environ.get("ARC_FAST_DECODER_MAX_MB", "1536")) * 2 ** 20)
         self.load_notes: list[str] = []
         self.last_timings = Timings()
+        self.last_seed: int | None = None
         self._warned: set[str] = set()
         self._compiled = None              # (the DiT it wraps, torch.compile wrapper) after compile()
         self._graph_first_bad = None
@@ -178,12 +175,18 @@ class Pipeline:
             warnings.warn(msg, category, stacklevel=3)
 
     # -------------------------------------------------------------------------------- stages
-    def condition(self, prompts: list[str], seconds: float) -> dict:
+    def condition(self, prompts: list[str], seconds: float, negative_prompts: list[str] | None = None) -> dict:
         """Run the conditioners (``seconds_total`` = ``seconds``, ``seconds_start`` = 0): returns the DiT's
-        cross_attn_cond / cross_attn_cond_mask / global_embed."""
+        cross_attn_cond (B, S, D) / cross_attn_cond_mask (B, S) bool / global_embed (B, D); with
+        ``negative_prompts`` (B strings) also negative_cross_attn_cond / negative_cross_attn_mask, the same
+        conditioners run on them (same seconds) in a call of their own, as stable-audio-tools does."""
         metadata = [{"prompt": p, "seconds_start": 0, "seconds_total": seconds} for p in prompts]
-        cond = self.conditioner(metadata, self.device)
-        return assemble_dit_inputs(cond, self.cross_ids, self.global_ids)
+        out = assemble_dit_inputs(self.conditioner(metadata, self.device), self.cross_ids, self.global_ids)
+        if negative_prompts is not None:
+            neg = self.condition(negative_prompts, seconds)
+            out["negative_cross_attn_cond"] = neg["cross_attn_cond"]
+            out["negative_cross_attn_mask"] = neg["cross_attn_cond_mask"]
+        return out
 
     def frames_for(self, seconds: float, short_window: bool = False) -> int:
         """Latent frames sampled for a clip: the model's whole window, or with ``short_window`` the fewest
@@ -221,7 +224,11 @@ class Pipeline:
 
     def _run_decoder(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         z = latents.float() * self.latent_scale
-        if self._fast_decoder() or dtype == next(self.autoencoder.decoder.parameters()).dtype:
+        if self._fast_decoder():
+            bottleneck = getattr(self.autoencoder, "bottleneck", None)
+            z = z.to(dtype) if bottleneck is None else bottleneck.decode(z.to(dtype))
+            return self.autoencoder.decoder.decode_bounded(z, self.decoder_max_bytes)
+        if dtype == next(self.autoencoder.decoder.parameters()).dtype:
             return self.autoencoder.decode(z.to(dtype))
         # The reference decoder keeps fp32 weights (the fallback needs them intact): a cast copy runs in dtype.
         cache = self.__dict__.setdefault("_lowp_decoders", {})
@@ -259,20 +266,25 @@ class Pipeline:
                  cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
                  init_audio=None, init_noise_level: float | None = None, batch_size: int = 1,
                  progress: bool = False, short_window: bool | None = None,
-                 guard: bool = True, cuda_graph: bool = False) -> tuple[torch.Tensor, int]:
+                 guard: bool = True, cuda_graph: bool = False,
+                 negative_prompt: str | list[str] | None = None) -> tuple[torch.Tensor, int]:
         """Generate audio. Returns (audio (B, channels, round(seconds * sample_rate)) float32 on the CPU, sample_rate).
 
         prompt: a string or a list (B = its length, or ``batch_size`` copies of one prompt). seconds: clip
         length (default: the init audio's length, else the model's window), passed to the ``seconds_total``
         conditioner; the output is trimmed to it. steps / cfg_scale / sampler ('pingpong' | 'euler'):
-        default per model (``defaults()``). seed: None = random. init_audio: see ``prepare_init_audio``;
+        default per model (``defaults()``). seed: None draws one (``sampling.random_seed``); the seed used is
+        ``last_seed`` (and ``last_timings.seed``). init_audio: see ``prepare_init_audio``;
         init_noise_level in (0, 1] (default 0.7) is where sampling starts (1 = the init audio has no effect).
         short_window: sample only the latent frames ``seconds`` needs (default: the config's
         ``arc_fast.short_window``, else the whole window). guard: raise ``GenerationError`` on NaN/Inf
         (naming the stage) or an all-silent output. cuda_graph: on CUDA, run the sampling loop and the decode as
         captured CUDA graphs (rectified-flow models; the first call of each shape/steps/sampler/CFG captures,
         later ones replay with no host sync inside the loop; same result as the eager loop for the same
-        seed; no per-step progress bar). Graphs are cached on the pipeline (``clear_cuda_graphs()``)."""
+        seed; no per-step progress bar). Graphs are cached on the pipeline (``clear_cuda_graphs()``).
+        negative_prompt: a string or one per clip, what classifier-free guidance steers away from (the unguided
+        half of each step is conditioned on it instead of on nothing); refused where no guidance runs
+        (cfg_scale 1, e.g. ARC models) or the model has no text conditioner (``guards.negative_prompts``)."""
         prompts, seconds, steps, cfg_scale, batch_size, seed = self._validate(prompt, seconds, steps, cfg_scale,
                                                                              batch_size, seed)
         if cuda_graph:
@@ -299,6 +311,8 @@ class Pipeline:
                 raise ValueError(f"init_noise_level must be in (0, 1], got {init_noise_level}")
         if not self.has_text and any(p.strip() for p in prompts):
             self._warn_once("no-text", "this model has no text conditioner: the prompt is ignored")
+        negatives = guards.negative_prompts(negative_prompt, len(prompts), cfg_scale,
+                                            self.has_text and bool(self.cross_ids))
         short_window = self.short_window_default if short_window is None else bool(short_window)
         b = len(prompts)
         timings = Timings(precision=f"DiT {self.dit_precision}, decoder {dtype_name(self.autoencoder_dtype)}",
@@ -313,12 +327,15 @@ class Pipeline:
         seconds = self.max_seconds if seconds is None else float(seconds)
         frames = self.frames_for(seconds, short_window)
 
-        cond = self.condition(prompts, seconds)
+        cond = self.condition(prompts, seconds, negatives)
         if guard:
             guards.finite(cond.values(), "conditioner", "try fp32 for the text encoder", self.conditioner)
         _sync(self.device)
         timings.conditioner = time.perf_counter() - t_start
 
+        # A drawn seed is recorded, not hidden in the generator's state: any clip can be made again.
+        seed = sampling.random_seed() if seed is None else seed
+        self.last_seed = timings.seed = seed
         gen = sampling.make_generator(seed)
         dtype = next(self.dit.parameters()).dtype
         noise = sampling.randn((b, self.latent_channels, frames), gen, self.device, dtype)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import typing as tp
 
@@ -75,6 +76,14 @@ def schedule(objective: str, steps: int, sigma_max: float = 1.0) -> torch.Tensor
     if objective == "v":
         return torch.linspace(sigma_max, 0.0, steps + 1)
     return rf_schedule(steps, sigma_max)
+
+
+def random_seed() -> int:
+    """A fresh seed in [0, 2**63) from the operating system's entropy (``os.urandom``): what ``seed=None``
+    stands for in ``Pipeline.__call__``, drawn explicitly so that the seed a clip was made with can be
+    reported and given back. 63 bits: inside ``torch.Generator.manual_seed``'s range, with room for the
+    CLI's ``seed + line index``."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
 
 
 def make_generator(seed: int | None) -> torch.Generator:

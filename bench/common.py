@@ -74,6 +74,9 @@ class Row:
     baseline: Optional[str] = None
     max_err: Optional[float] = None  # max |out - fp32 oracle| of the check (outputs and grads)
     notes: str = ""
+    # Suite-specific measurements (JSON only, plus the CPU e2e headline table): e.g. the audio's error
+    # against the fp32 reference run, stage times, setup seconds.
+    extra: dict = field(default_factory=dict)
 
     def key(self) -> tuple:
         return (self.suite, self.op, self.shape, self.dtype, self.provider, self.mode)
@@ -193,6 +196,21 @@ def _vm_hwm_kb() -> Optional[int]:
         return None
 
 
+def _vm_rss_kb() -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(r"VmRSS:\s+(\d+)\s+kB", f.read())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def rss_mb() -> Optional[float]:
+    """The process's resident memory now (MB; None where /proc is absent)."""
+    kb = _vm_rss_kb()
+    return None if kb is None else kb / 1024
+
+
 def _reset_rss_peak() -> bool:
     """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0: write 5 to clear_refs)."""
     try:
@@ -204,11 +222,13 @@ def _reset_rss_peak() -> bool:
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as pm: ...`` then ``pm.mb`` and ``pm.kind``."""
+    """``with PeakMemory(device) as pm: ...`` then ``pm.mb`` and ``pm.kind``; on the CPU also ``pm.start_mb``,
+    the resident memory when the block began (so ``pm.mb - pm.start_mb`` is what the block added at its peak)."""
 
     def __init__(self, device: str):
         self.device = device
         self.mb: Optional[float] = None
+        self.start_mb: Optional[float] = None
         self.kind = ""
 
     def __enter__(self):
@@ -218,6 +238,7 @@ class PeakMemory:
             self.kind = "GPU max_memory_allocated"
         else:
             self._reset = _reset_rss_peak()
+            self.start_mb = rss_mb()
             self.kind = "peak RSS" if self._reset else "process peak RSS so far"
         return self
 
@@ -305,6 +326,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The /proc/cpuinfo flags that decide which precision runs fast through oneDNN / fbgemm on x86.
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def cpu_features() -> dict:
+    """The CPU's model, its relevant ISA flags, core counts and what torch reports (oneDNN and its bf16 support,
+    the CPU capability torch dispatches to), from ``arc_fast.cpu.cpu_features`` (the same probe ``auto`` uses)."""
+    from arc_fast.cpu import cpu_features as probe
+    f = probe()
+    return {"model": f.model, "flags": [x for x in CPU_FLAGS if x in f.flags], "logical_cpus": os.cpu_count(),
+            "physical_cores": f.physical_cores, "torch_threads": torch.get_num_threads(), "mkldnn": f.mkldnn,
+            "mkldnn_bf16": f.mkldnn_bf16, "torch_cpu_capability": f.capability,
+            "quantized_engines": list(f.quantized_engines)}
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
@@ -349,6 +386,7 @@ def environment(device: str) -> dict:
         **git_commit(),
     }
     if device == "cpu":
+        env["cpu"] = cpu_features()
         try:
             env["load_average"] = [round(x, 2) for x in os.getloadavg()]
         except OSError:
@@ -383,9 +421,78 @@ def measure_peaks(device: str, quick: bool) -> dict:
         mm_dtype = "fp32"
     copy_gbps = 2 * x.numel() * x.element_size() / (t_copy * 1e-3) / 1e9
     mm_tflops = 2 * m ** 3 / (t_mm * 1e-3) / 1e12
-    return {"copy_GBps": round(copy_gbps, 2), "copy_bytes": 2 * x.numel() * x.element_size(),
-            "matmul_TFLOPs": round(mm_tflops, 4), "matmul_shape": f"{m}x{m}x{m}", "matmul_dtype": mm_dtype,
-            "how": ("CUDA events, median" if device == "cuda" else "best of repeats (shared CPU)")}
+    out = {"copy_GBps": round(copy_gbps, 2), "copy_bytes": 2 * x.numel() * x.element_size(),
+           "matmul_TFLOPs": round(mm_tflops, 4), "matmul_shape": f"{m}x{m}x{m}", "matmul_dtype": mm_dtype,
+           "how": ("CUDA events, median" if device == "cuda" else "best of repeats (shared CPU)")}
+    if device == "cpu":
+        out.update(linear_peaks(quick))
+    return out
+
+
+# The DiT's dominant matmul at SAO Small's full window: 257 tokens x 1024 -> 4096 (the feed-forward up-projection).
+LINEAR_SHAPE = (257, 1024, 4096)
+
+
+def linear_peaks(quick: bool = False) -> dict:
+    """CPU throughput of ``F.linear`` at ``LINEAR_SHAPE`` in fp32 and bf16, an int8 GEMM (``torch._int_mm``,
+    int32 accumulation) and, when torchao is importable, torchao's int8 dynamic-activation linear (activation
+    quantisation included): the peaks the CPU e2e rows are a fraction of. Keys ``linear_<kind>_TFLOPs`` (None
+    with ``linear_<kind>_why`` where a kind cannot run here)."""
+    import torch.nn.functional as F
+
+    m, k, n = (32, 256, 256) if quick else LINEAR_SHAPE
+    flops = 2.0 * m * k * n
+    kw = dict(min_reps=3, min_time_s=0.0, max_reps=3) if quick else dict(min_reps=5, min_time_s=0.5, max_reps=20)
+    g = torch.Generator().manual_seed(0)
+    x32, w32 = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) / k ** 0.5
+    out: dict = {"linear_shape": f"{m}x{k}x{n}"}
+
+    def record(kind, fn):
+        try:
+            with torch.inference_mode():
+                out[f"linear_{kind}_TFLOPs"] = round(flops / (time_cpu(fn, **kw).min_ms * 1e-3) / 1e12, 4)
+        except Exception as exc:  # noqa: BLE001 - the kind is unavailable in this build: say why
+            out[f"linear_{kind}_TFLOPs"] = None
+            out[f"linear_{kind}_why"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else \
+                type(exc).__name__
+
+    record("fp32", lambda: F.linear(x32, w32))
+    xb, wb = x32.bfloat16(), w32.bfloat16()
+    record("bf16", lambda: F.linear(xb, wb))
+    a8 = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+    b8 = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
+    record("int8", lambda: torch._int_mm(a8, b8))
+    lin = _torchao_int8_linear(w32)
+    if isinstance(lin, str):
+        out["linear_int8_torchao_TFLOPs"] = None
+        out["linear_int8_torchao_why"] = lin
+    else:
+        record("int8_torchao", lambda: lin(x32))
+    return out
+
+
+def _torchao_int8_linear(weight: torch.Tensor):
+    """An nn.Linear holding ``weight`` quantised by torchao (int8 weights, int8 dynamic activations), or the
+    reason it cannot be built here (a string)."""
+    import io
+    import warnings
+    try:
+        # torchao logs the optional GPU libraries it cannot load: noise on a CPU machine.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            import logging
+            logging.getLogger("torchao").setLevel(logging.ERROR)
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+            lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            with torch.no_grad():
+                lin.weight.copy_(weight)
+            quantize_(lin, Int8DynamicActivationInt8WeightConfig())
+        return lin.eval().requires_grad_(False)
+    except ImportError as exc:
+        return f"torchao not installed ({exc})"
+    except Exception as exc:  # noqa: BLE001
+        return f"torchao int8 linear failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
 # --------------------------------------------------------------------------------------------- context
@@ -547,6 +654,15 @@ def markdown(result: dict) -> str:
              f" | threads {result.get('threads')}",
              f"- measured peaks: copy {p.get('copy_GBps')} GB/s, {p.get('matmul_dtype')} matmul "
              f"{p.get('matmul_TFLOPs')} TFLOP/s ({p.get('matmul_shape')}; {p.get('how')})"]
+    cpu = result.get("cpu")
+    if cpu:
+        lines.append(f"- CPU: {cpu.get('model')}; flags {', '.join(cpu.get('flags') or []) or 'none of interest'}; "
+                     f"{cpu.get('physical_cores')} physical cores, {cpu.get('logical_cpus')} logical; oneDNN bf16 "
+                     f"{cpu.get('mkldnn_bf16')}; torch CPU capability {cpu.get('torch_cpu_capability')}")
+    if p.get("linear_shape"):
+        kinds = [(k, p.get(f"linear_{k}_TFLOPs")) for k in ("fp32", "bf16", "int8", "int8_torchao")]
+        lines.append(f"- measured linear peaks (F.linear {p['linear_shape']}, best of repeats): " + ", ".join(
+            f"{k} {v} TFLOP/s" if v is not None else f"{k} n/a" for k, v in kinds))
     if result.get("load_average") is not None:
         lines.append(f"- load average at start: {result['load_average']} (the CPU is shared with other processes: "
                      f"times are noisy; min is the least disturbed figure)")
@@ -560,6 +676,7 @@ def markdown(result: dict) -> str:
             mem = f", peak {r.peak_mem_mb:.0f} MB" if r.peak_mem_mb is not None else ""
             lines.append(f"- {r.shape}, {r.dtype}: **{r.provider}** {_ms(r.median_ms)} ms median "
                          f"({_ms(r.min_ms)} min){vs}{mem}")
+    lines += stage_table(rows)
     lines.append("")
     suites = []
     for r in rows:
@@ -598,6 +715,47 @@ def markdown(result: dict) -> str:
     lines.append("Bold providers are arc-fast's; speed-up is the baseline's median over the row's median. Skipped and "
                  "failed rows say why; a failed check is never timed.")
     return "\n".join(lines) + "\n"
+
+
+STAGE_TABLE_HEAD = ("| provider | DiT / decoder | conditioner ms | DiT ms/step | decoder ms | total ms (min) | speed-up "
+                    "| audio rel err | SNR dB | peak RSS MB (standalone est.) | DiT % peak | decoder % peak | setup s |")
+
+
+def stage_table(rows: list) -> list[str]:
+    """The CPU e2e headline as one table: a line per provider from its total row's ``extra`` (stage medians,
+    the audio's error against the fp32 reference run, memory, fractions of the measured peaks, setup time)."""
+    heads = [r for r in rows if r.op.startswith("total") and "snr_db" in (r.extra or {})]
+    if not heads:
+        return []
+    out = ["", f"#### headline table: {heads[0].shape}", "", STAGE_TABLE_HEAD,
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in heads:
+        e = r.extra
+        prov = f"**{r.provider}**" if r.ours else r.provider
+        if r.status != "ok":
+            out.append(f"| {prov} | {r.dtype} | {r.status}: {_md(r.notes)[:120]} |  |  |  |  |  |  |  |  |  |  |")
+            continue
+        sp = f"{r.speedup:.2f}x" if r.speedup is not None else ""
+        snr = e.get("snr_db")
+        snr_s = "inf (identical)" if snr is None and e.get("rel_err") == 0 else _fmt(snr, ".1f")
+        mem = f"{_fmt(r.peak_mem_mb, '.0f')} ({_fmt(e.get('standalone_mb'), '.0f')})"
+        pct = lambda v: f"{100 * v:.1f}%" if v is not None else ""  # noqa: E731
+        out.append(f"| {prov} | {r.dtype} | {_ms(e.get('conditioner_ms'))} | {_ms(e.get('dit_step_ms'))} | "
+                   f"{_ms(e.get('decoder_ms'))} | {_ms(r.median_ms)} ({_ms(r.min_ms)}) | {sp} | "
+                   f"{_fmt(e.get('rel_err'))} | {snr_s} | {mem} | {pct(e.get('dit_peak_frac'))} | "
+                   f"{pct(e.get('decoder_peak_frac'))} | {_setup(e.get('setup_s'))} |")
+    out.append("")
+    out.append("Speed-up: the baseline's total over the row's (medians of interleaved runs). Audio error against "
+               "the fp32 reference run: rel err = max|out - ref| / max|ref|, SNR = 10 log10(sum ref^2 / sum "
+               "(out - ref)^2). Peak RSS: the process's peak during the run (the shared reference / "
+               "stable-audio-tools weights and this provider's own resident, other providers' released); standalone est. = RSS before any model + the provider's own weights + what the run "
+               "added at its peak. % peak: the stage's FLOPs over the measured linear peak of its compute dtype. "
+               "Setup: load / compile / export time, never inside the timed runs.")
+    return out
+
+
+def _setup(v) -> str:
+    return "" if v is None else f"{v:.1f}"
 
 
 def _md(s: str) -> str:

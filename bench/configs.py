@@ -4,8 +4,9 @@ Nothing is hard-coded in the suites: they ask this module for the DiT and decode
 the token count of a clip, and the per-layer decoder convolution shapes.
 
 * GPU: SAO Small at its full window (524288 samples = 256 latent frames, 11.9 s at 44.1 kHz).
-* CPU: the same layer sizes at a reduced length (``CPU_FRAMES`` latent frames) because the 2-core machine
-  needs minutes per full-length step; every row states its length.
+* CPU: the e2e suite at the full window too (``CPU_E2E_FRAMES``: what a CPU user generates); the kernel and
+  decoder suites at a reduced length (``CPU_FRAMES`` latent frames) because the 2-core machine needs minutes
+  per full-length repeat of each; every row states its length.
 * ``--quick``: tiny shapes (a smoke run, also used by the tests; the numbers mean nothing).
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from arc_fast.configs import get_config
 HOP = 2048
 SAMPLE_RATE = 44100
 FULL_FRAMES = 256        # SAO Small sample_size 524288 / 2048
-CPU_FRAMES = 22          # ~1.0 s of audio
+CPU_FRAMES = 22          # ~1.0 s of audio (kernel and decoder suites on the CPU)
+CPU_E2E_FRAMES = FULL_FRAMES   # the CPU e2e headline: the full 11.9 s window
 QUICK_FRAMES = 2
 PROMPT_TOKENS = 64       # T5 max_length in SAO Small; + 1 seconds_total token = 65 cross-attention tokens
 

@@ -133,18 +133,22 @@ def reference_from(sat_module: nn.Module, ours_cls, kwargs: dict) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------- FLOP counts
-def _linear_conv_flops(model: nn.Module, run) -> float:
-    total = [0.0]
+def _linear_conv_work(model: nn.Module, run) -> dict:
+    """Run ``run()`` with hooks on every Linear / Conv1d / ConvTranspose1d of ``model``: {'flops', 'io' (input +
+    output elements of those layers), 'weights' (their weight elements, counted once per call)}."""
+    total = {"flops": 0.0, "io": 0.0, "weights": 0.0}
 
     def hook(mod, inp, out):
         x = inp[0]
         if isinstance(mod, nn.Linear):
-            total[0] += 2.0 * x.numel() // x.shape[-1] * mod.in_features * mod.out_features
+            total["flops"] += 2.0 * x.numel() // x.shape[-1] * mod.in_features * mod.out_features
         elif isinstance(mod, nn.ConvTranspose1d):
-            total[0] += 2.0 * x.shape[0] * x.shape[2] * mod.in_channels * mod.out_channels * mod.kernel_size[0]
+            total["flops"] += 2.0 * x.shape[0] * x.shape[2] * mod.in_channels * mod.out_channels * mod.kernel_size[0]
         elif isinstance(mod, nn.Conv1d):
-            total[0] += (2.0 * out.shape[0] * out.shape[2] * mod.out_channels * mod.in_channels // mod.groups
-                         * mod.kernel_size[0])
+            total["flops"] += (2.0 * out.shape[0] * out.shape[2] * mod.out_channels * mod.in_channels // mod.groups
+                               * mod.kernel_size[0])
+        total["io"] += x.numel() + out.numel()
+        total["weights"] += mod.weight.numel()
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Linear, nn.Conv1d, nn.ConvTranspose1d))]
@@ -154,17 +158,44 @@ def _linear_conv_flops(model: nn.Module, run) -> float:
     finally:
         for h in handles:
             h.remove()
-    return total[0]
+    return total
 
 
-def decoder_flops(dec_cfg: dict, frames: int, batch: int) -> float:
-    """Convolution FLOPs of one decode (counted on the meta device: no memory, no time)."""
+def _linear_conv_flops(model: nn.Module, run) -> float:
+    return _linear_conv_work(model, run)["flops"]
+
+
+def decoder_work(dec_cfg: dict, frames: int, batch: int) -> dict:
+    """One decode's convolution FLOPs, the convolutions' input + output elements and their weight elements
+    (counted on the meta device)."""
     from arc_fast.reference.autoencoder import OobleckDecoder
 
     with torch.device("meta"):
         dec = OobleckDecoder(**dec_cfg)
         z = torch.empty(batch, dec_cfg["latent_dim"], frames)
-    return _linear_conv_flops(dec, lambda: dec(z))
+    return _linear_conv_work(dec, lambda: dec(z))
+
+
+def dit_step_work(cfg: dict, frames: int, batch: int, cond_tokens: int) -> dict:
+    """One DiT forward's Linear input + output elements and weight elements (meta device; FLOPs: ``dit_step_flops``)."""
+    from arc_fast.reference.dit import DiffusionTransformer
+
+    from . import configs
+
+    kw = dit_kwargs(cfg)
+    d = configs.dit_dims(cfg)
+    with torch.device("meta"):
+        dit = DiffusionTransformer(**kw)
+        x = torch.empty(batch, d.io_channels, frames)
+        t = torch.empty(batch)
+        cond = torch.empty(batch, cond_tokens, d.cond_dim)
+        glob = torch.empty(batch, kw.get("global_cond_dim", 0)) if kw.get("global_cond_dim", 0) else None
+    return _linear_conv_work(dit, lambda: dit(x, t, cross_attn_cond=cond, global_embed=glob))
+
+
+def decoder_flops(dec_cfg: dict, frames: int, batch: int) -> float:
+    """Convolution FLOPs of one decode (counted on the meta device: no memory, no time)."""
+    return decoder_work(dec_cfg, frames, batch)["flops"]
 
 
 def dit_step_flops(cfg: dict, frames: int, batch: int, cond_tokens: int) -> float:

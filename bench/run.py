@@ -24,6 +24,9 @@ from . import common
 SUITES = {"kernels": "bench.kernels", "decoder": "bench.decoder", "e2e": "bench.e2e", "train-step": "bench.train_step"}
 BASELINES = {"kernels": ("eager",), "decoder": ("reference",), "e2e": ("stable-audio-tools", "reference"),
              "train-step": ("reference",)}
+# The CPU e2e suite's selectable providers (bench/e2e_cpu.py PROVIDERS; listed here so that parsing the
+# arguments imports no suite).
+E2E_CPU_PROVIDERS = ("sat", "sat-bf16", "compile", "onnx", "defaults", "fp32", "bf16", "int8", "extras")
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent / "README.md"
 
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=_csv("op"), default=None, help="kernels suite: only ops whose name starts with these")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU run")
     p.add_argument("--e2e-reps", type=int, default=None, help="e2e suite: timed runs per provider (CPU default 3)")
+    p.add_argument("--e2e-frames", type=int, default=None,
+                   help="e2e suite on the CPU: latent frames (default 256 = the full 11.9 s window; --quick: 2)")
+    p.add_argument("--e2e-providers", type=_csv("e2e provider", E2E_CPU_PROVIDERS), default=None,
+                   help="e2e suite on the CPU: the providers to run (default all): " + ",".join(E2E_CPU_PROVIDERS)
+                        + " (the fp32 reference audio is computed whatever is chosen)")
     p.add_argument("--decoder-compile", action="store_true",
                    help="decoder suite: also time torch.compile of the whole decoder (CUDA; minutes of compile)")
     p.add_argument("--no-plots", action="store_true")
@@ -74,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         build_parser().error(f"--threads must be >= 1, got {args.threads}")
     if args.e2e_reps is not None and args.e2e_reps < 1:
         build_parser().error(f"--e2e-reps must be >= 1, got {args.e2e_reps}")
+    if args.e2e_frames is not None and args.e2e_frames < 1:
+        build_parser().error(f"--e2e-frames must be >= 1, got {args.e2e_frames}")
     if args.budget_s is not None and args.budget_s <= 0:
         build_parser().error(f"--budget-s must be > 0, got {args.budget_s}")
     if args.compare is not None and not args.compare.is_file():
@@ -133,7 +143,8 @@ def main(argv=None) -> int:
     ctx = common.Context(device=device, quick=args.quick, dtypes=dtypes, peaks=peaks,
                          compile=not (args.no_compile or args.quick),
                          deadline=None if args.budget_s is None else t0 + args.budget_s, log=log,
-                         options={"ops": args.ops, "e2e_reps": args.e2e_reps,
+                         options={"ops": args.ops, "e2e_reps": args.e2e_reps, "e2e_frames": args.e2e_frames,
+                                  "e2e_providers": args.e2e_providers,
                                   "decoder_compile": args.decoder_compile})
     notes = []
     if device == "cpu":

@@ -42,7 +42,9 @@ def test_parse_args_defaults_and_lists():
     (["--threads", "0"], "--threads must be >= 1"),
     (["--budget-s", "-1"], "--budget-s must be > 0"),
     (["--compare", "/nonexistent/base.json"], "no such file"),
-], ids=["suite", "device", "dtype", "threads", "budget", "compare"])
+    (["--e2e-frames", "0"], "--e2e-frames must be >= 1"),
+    (["--e2e-providers", "sat,tensorrt"], "unknown e2e provider tensorrt"),
+], ids=["suite", "device", "dtype", "threads", "budget", "compare", "e2e-frames", "e2e-providers"])
 def test_parse_args_rejects(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         run.parse_args(argv)
@@ -123,23 +125,86 @@ def test_decoder_quick(tmp_path, monkeypatch):
     assert r["metric"] == "TFLOP/s" and r["speedup"] > 0 and r["ours"]
 
 
-def test_e2e_quick(tmp_path):
+def test_e2e_quick(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # the pipeline would run interpreted Triton kernels
     res = _run_quick(tmp_path, "--suite", "e2e")
-    sat = _ok(res, op="total (text -> audio)", provider="stable-audio-tools")
-    if not sat:  # not installed: the row says why and the oracle is the baseline instead
-        sk = [r for r in res["rows"] if r["provider"] == "stable-audio-tools"]
-        assert sk and sk[0]["status"] == "skipped" and "install_sat" in sk[0]["notes"]
-    ours = _ok(res, op="total (text -> audio)", provider="arc_fast")[0]
-    assert ours["speedup"] > 0 and ours["baseline"] in ("stable-audio-tools", "reference")
-    assert "max|arc_fast -" in ours["notes"] and "8 ping-pong steps" in ours["shape"]
-    for op in ("dit_step", "decoder"):
-        assert _ok(res, op=op, provider="arc_fast")[0]["metric"] == "TFLOP/s"
+    tot = "total (text -> audio)"
+    totals = {r["provider"]: r for r in res["rows"] if r["op"] == tot}
+    sat = totals.get("stable-audio-tools")
+    base = "stable-audio-tools" if sat is not None else "reference"
+    if sat is None:  # not installed: the oracle modules are the baseline, the autocast peer says why
+        amp = totals["stable-audio-tools autocast-bf16"]
+        assert amp["status"] == "skipped" and "install_sat" in amp["notes"]
+    assert totals[base]["status"] == "ok"
+    for name in ("arc_fast (defaults)", "arc_fast fp32", "arc_fast bf16"):
+        r = totals[name]
+        assert r["status"] == "ok" and r["ours"] and r["baseline"] == base and r["speedup"] > 0, r
+        assert "8 ping-pong steps" in r["shape"] and "SNR" in r["notes"]
+        for op in ("conditioner", "dit_step", "decoder"):
+            assert _ok(res, op=op, provider=name), (op, name)
+        assert _ok(res, op="dit_step", provider=name)[0]["metric"] == "TFLOP/s"
+        assert r["extra"]["standalone_mb"] > 0 and r["extra"]["decoder_ms"] > 0
+    # Same saved weights, same seed, same sampler: the fp32 pipeline's audio is the reference's up to rounding.
+    assert totals["arc_fast fp32"]["extra"]["rel_err"] < 1e-3
+    assert totals["arc_fast bf16"]["extra"]["snr_db"] is not None      # bf16 differs: the error is measured
+    assert totals["torch.compile"]["status"] == "skipped" and "--quick" in totals["torch.compile"]["notes"]
+    ort = totals["onnxruntime"]
+    if importlib.util.find_spec("onnxruntime") is None:
+        assert ort["status"] == "skipped" and "not installed" in ort["notes"]
+    else:
+        assert ort["status"] == "ok" and ort["extra"]["rel_err"] < 1e-3, ort
+    int8 = totals["arc_fast int8"]
+    assert int8["status"] == "ok" or (int8["status"] == "skipped" and "int8" in int8["notes"]), int8
+    assert {"flags", "model", "mkldnn_bf16"} <= set(res["cpu"]) and "linear_bf16_TFLOPs" in res["peaks"]
+    out = capsys.readouterr().out
+    assert "headline table" in out and "| **arc_fast fp32** | fp32 |" in out
     threads = {r["provider"] for r in _ok(res, op="dit_step (threads)")}
     assert "arc_fast threads=1" in threads
     q = _ok(res, op="dit_step (int8)", provider="reference+int8-dynamic")
     assert q and "error vs fp32" in q[0]["notes"]
     own = [r for r in res["rows"] if r["provider"] == "reference+Int8Linear"]
     assert own and (own[0]["status"] == "skipped" or "error vs fp32" in own[0]["notes"])
+
+
+def test_e2e_cpu_absent_peers_are_skipped_rows(monkeypatch):
+    """stable-audio-tools and onnxruntime missing, a chosen subset of providers: the missing peers are skipped
+    rows with their reason, the oracle modules are the baseline and the reference audio, nothing fails."""
+    from bench import e2e_cpu, models
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(models, "load_sat", lambda *a: (None, "stable-audio-tools absent in this test"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)     # import -> ImportError
+    import arc_fast.cpu
+    monkeypatch.setattr(arc_fast.cpu, "torchao_available", lambda: "torchao is not usable (hidden by this test)")
+    ctx = common.Context(device="cpu", quick=True, compile=False,
+                         options={"e2e_providers": ["sat", "sat-bf16", "onnx", "fp32", "int8"]})
+    rows = e2e_cpu.run_cpu(ctx)
+    totals = {r.provider: r for r in rows if r.op == "total (text -> audio)"}
+    assert set(totals) == {"reference", "stable-audio-tools autocast-bf16", "onnxruntime", "arc_fast fp32",
+                           "arc_fast int8"}
+    assert totals["arc_fast int8"].status == "skipped" and "hidden by this test" in totals["arc_fast int8"].notes
+    assert totals["stable-audio-tools autocast-bf16"].status == "skipped"
+    assert "absent in this test" in totals["stable-audio-tools autocast-bf16"].notes
+    assert totals["onnxruntime"].status == "skipped" and "onnxruntime / onnx not installed" in totals["onnxruntime"].notes
+    ours = totals["arc_fast fp32"]
+    assert ours.status == "ok" and ours.baseline == "reference" and ours.extra["rel_err"] < 1e-3
+    assert totals["reference"].status == "ok" and totals["reference"].extra["rel_err"] == 0
+    assert not [r for r in rows if r.status == "failed"]
+    assert not [r for r in rows if "threads" in r.op]           # extras not chosen
+
+
+def test_audio_error_snr():
+    from bench.e2e_cpu import audio_error
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 2, 4000, generator=g)
+    noise = torch.randn(1, 2, 4000, generator=g)
+    noise *= 0.01 * ref.norm() / noise.norm()                 # noise power 1e-4 of the signal's: 40 dB
+    e = audio_error(ref + noise, ref)
+    assert e["finite"] and e["snr_db"] == pytest.approx(40.0, abs=1e-6)
+    assert e["rel_err"] == pytest.approx((noise.abs().max() / ref.abs().max()).item(), rel=1e-4)  # ref + noise rounds in fp32
+    assert audio_error(torch.cat([ref, ref], -1), ref)["snr_db"] is None      # identical over the common length
+    bad = ref.clone()
+    bad[0, 0, 7] = float("nan")
+    assert audio_error(bad, ref)["finite"] is False
 
 
 def test_train_step_quick(tmp_path):

@@ -269,3 +269,69 @@ def test_cli_prompts_output_parent_must_exist_before_loading(capsys, micro_dir, 
     code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "no" / "clips"),
                          "--model", str(micro_dir), *GEN_FAST)
     assert code == 2 and "parent does not exist" in err and not loads
+
+
+# ------------------------------------------------------------------------ seeds
+def _printed_seed(stdout: str) -> int:
+    import re
+    m = re.search(r"--seed (\d+) makes", stdout)
+    assert m, stdout
+    return int(m.group(1))
+
+
+def test_cli_without_seed_prints_a_random_seed_that_reproduces_the_clip(capsys, micro_dir, tmp_path):
+    runs = []
+    for name, seed in (("a.wav", None), ("b.wav", None)):
+        code, stdout, err = _main(capsys, "generate", "x", "-o", str(tmp_path / name), "--model", str(micro_dir),
+                                  *GEN_FAST)
+        assert code == 0, err
+        runs.append(_printed_seed(stdout))
+    assert runs[0] != runs[1]
+    a, b = sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0]
+    assert not (a == b).all()
+    code, stdout, _ = _main(capsys, "generate", "x", "-o", str(tmp_path / "again.wav"), "--seed", str(runs[0]),
+                            "--model", str(micro_dir), *GEN_FAST)
+    assert code == 0 and _printed_seed(stdout) == runs[0]
+    assert (sf.read(tmp_path / "again.wav")[0] == a).all()
+
+
+def test_cli_prompts_without_seed_print_one_base_seed(capsys, micro_dir, tmp_path):
+    prompts = _prompts_file(tmp_path, ["a", "b"])
+    code, stdout, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "one"),
+                              "--model", str(micro_dir), *GEN_FAST)
+    assert code == 0, err
+    base = _printed_seed(stdout)
+    code, stdout, _ = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "two"),
+                            "--seed", str(base), "--model", str(micro_dir), *GEN_FAST)
+    assert code == 0 and _printed_seed(stdout) == base
+    for name in ("000.wav", "001.wav"):
+        assert (sf.read(tmp_path / "one" / name)[0] == sf.read(tmp_path / "two" / name)[0]).all()
+    # line i uses base + i: line 1 of this run is line 0 of a run seeded base + 1
+    single = tmp_path / "single.wav"
+    code, _, _ = _main(capsys, "generate", "b", "-o", str(single), "--seed", str(base + 1), "--model",
+                       str(micro_dir), *GEN_FAST)
+    assert code == 0 and (sf.read(single)[0] == sf.read(tmp_path / "one" / "001.wav")[0]).all()
+    code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "three"),
+                         "--seed", str(2 ** 64 - 1), "--model", str(micro_dir), *GEN_FAST)
+    assert code == 2 and "past the largest seed" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------ --negative-prompt
+@pytest.mark.filterwarnings("ignore:this is an ARC post-trained model")
+def test_cli_negative_prompt(capsys, micro_dir, tmp_path):
+    """The micro model is ARC (CFG 1 by default): a negative prompt is refused in one line naming the flags;
+    with --cfg-scale it changes the clip (same seed), and it applies to every line of --prompts."""
+    code, _, err = _main(capsys, "generate", "x", "-o", str(tmp_path / "no.wav"), "--negative-prompt", "noise",
+                         "--model", str(micro_dir), *GEN_FAST)
+    assert code == 2 and "--negative-prompt" in err and "--cfg-scale" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "no.wav").exists()
+    common = ("--cfg-scale", "3", "--seed", "4", "--model", str(micro_dir), *GEN_FAST)
+    for name, extra in (("plain.wav", ()), ("neg.wav", ("--negative-prompt", "noise"))):
+        code, _, err = _main(capsys, "generate", "x", "-o", str(tmp_path / name), *extra, *common)
+        assert code == 0, err
+    assert not (sf.read(tmp_path / "plain.wav")[0] == sf.read(tmp_path / "neg.wav")[0]).all()
+    prompts = _prompts_file(tmp_path, ["x"])
+    code, _, err = _main(capsys, "generate", "--prompts", str(prompts), "-o", str(tmp_path / "clips"),
+                         "--negative-prompt", "noise", *common)
+    assert code == 0, err
+    assert (sf.read(tmp_path / "clips" / "000.wav")[0] == sf.read(tmp_path / "neg.wav")[0]).all()

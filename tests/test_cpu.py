@@ -204,3 +204,16 @@ def test_every_cpu_setting_is_within_its_audio_bound_on_the_bundled_model(fp32_a
         snr = _snr_db(audio, fp32_audio[prompt])
         assert snr >= cpu.MIN_AUDIO_SNR_DB, f"{dtype}/{ae_dtype} {prompt!r}: {snr:.1f} dB < {cpu.MIN_AUDIO_SNR_DB}"
         assert snr < 200, "not a different precision at all"   # the setting must really run in low precision
+
+
+def test_info_reports_cpu_features_and_the_auto_choice(auto, monkeypatch):
+    from arc_fast import info
+    monkeypatch.setattr(cpu, "cpu_features", lambda: features(AVX512_BF16))
+    monkeypatch.setattr(cpu, "probe", lambda: dict(FAST))
+    text = "\n".join(info.cpu_report())
+    assert "Mock CPU" in text and "AVX512-BF16 yes" in text and "AMX-BF16 no" in text
+    assert "bf16 matmul 2.4x" in text and "DiT bf16: native bf16" in text and "decoder bf16" in text
+    monkeypatch.setattr(cpu, "cpu_features", lambda: features(("avx2",)))
+    monkeypatch.setattr(cpu, "probe", lambda: None)
+    text = "\n".join(info.cpu_report())
+    assert "AVX512-BF16 no" in text and "DiT fp32: no AVX512-BF16" in text

@@ -196,3 +196,23 @@ def test_cpu_channels_last_inference_matches_reference(B, T, dtype, monkeypatch)
     with torch.no_grad():
         assert_close_to_ref("(B, C, T) decoder", fast(z.to(dtype)), expected, lowp, dtype)
     assert len(calls) == 1 + 2 * 3 * 2 + 2 + 1
+
+
+def test_decode_bounded_chunks_only_when_over_budget(monkeypatch):
+    """One pass when the activations fit the budget; otherwise the largest exact chunks that fit, equal to the
+    one-pass decode within fp32 rounding (the chunks see exactly the inputs the full decode sees)."""
+    ref = make_ref(SMALL)
+    fast = FastOobleckDecoder.from_module(ref, backend="eager")
+    z = latents(SMALL, B=1, T=120)
+    sizes = []
+    chunked = fast.decode_chunked
+    monkeypatch.setattr(fast, "decode_chunked", lambda x, chunk_size, **k: sizes.append(chunk_size) or
+                        chunked(x, chunk_size=chunk_size, **k))
+    with torch.no_grad():
+        full = fast(z)
+        assert torch.equal(fast.decode_bounded(z, None), full) and not sizes
+        assert torch.equal(fast.decode_bounded(z, fast.peak_activation_bytes(120, z.dtype)), full) and not sizes
+        budget = fast.peak_activation_bytes(10 + 2 * fast.context_frames(), z.dtype)
+        out = fast.decode_bounded(z, budget)
+    assert sizes == [10], sizes
+    assert_close_to_ref("bounded (chunked) decode", out, full)

@@ -45,6 +45,31 @@ def test_generation_is_seeded(pipe):
     assert not torch.allclose(a, c)
 
 
+def test_no_seed_draws_one_recorded_to_reproduce_the_clip(pipe):
+    kw = dict(seconds=0.2, steps=2, short_window=True)
+    a, _ = pipe("hi-hat", **kw)
+    seed_a = pipe.last_seed
+    b, _ = pipe("hi-hat", **kw)
+    seed_b = pipe.last_seed
+    assert all(isinstance(s, int) and 0 <= s < 2 ** 63 for s in (seed_a, seed_b)) and seed_a != seed_b
+    assert pipe.last_timings.seed == seed_b
+    assert not torch.allclose(a, b)
+    # Same process, same kernels, same seed: the same bytes.
+    torch.testing.assert_close(pipe("hi-hat", seed=seed_a, **kw)[0], a, rtol=0, atol=0)
+    torch.testing.assert_close(pipe("hi-hat", seed=seed_b, **kw)[0], b, rtol=0, atol=0)
+
+
+def test_explicit_seed_is_used_as_given(pipe, monkeypatch):
+    """seed=N seeds the CPU generator with N itself: the start noise is torch's N-th stream's first draw."""
+    drawn = []
+    real = sampling.randn
+    monkeypatch.setattr(sampling, "randn", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    pipe("hi-hat", seconds=0.2, steps=2, short_window=True, seed=12345)
+    assert pipe.last_seed == 12345 and pipe.last_timings.seed == 12345
+    want = torch.randn(drawn[0].shape, generator=torch.Generator().manual_seed(12345))
+    torch.testing.assert_close(drawn[0], want, rtol=0, atol=0)
+
+
 def test_batch_and_defaults(pipe):
     audio, _ = pipe(["a", "b"], seconds=0.1, steps=1, batch_size=2, short_window=True)
     assert audio.shape[0] == 2
@@ -365,6 +390,72 @@ def test_cuda_bf16_fused_pipeline_with_init_audio():
     assert rel(e, recon[..., :44100].cpu()) < 0.05  # bf16 latents: near-zero noise gives the reconstruction
 
 
+# ------------------------------------------------------------------------------------------------ negative_prompt
+@pytest.fixture(scope="module")
+def micro_base():
+    """A base (CFG) micro model with random weights everywhere."""
+    p = random_pipeline(micro_config(arc=False), seed=0)
+    randomize_(p.autoencoder, 4, 0.2)
+    return p
+
+
+NEG_KW = dict(seconds=0.1, steps=3, cfg_scale=3.0, sampler="euler", short_window=True, seed=21)
+
+
+def _with_negative(p, prompts, negatives, seconds):
+    """The DiT's inputs with stable-audio-tools' negative conditioning, assembled by hand."""
+    cond, neg = p.condition(prompts, seconds), p.condition(negatives, seconds)
+    return {**cond, "negative_cross_attn_cond": neg["cross_attn_cond"],
+            "negative_cross_attn_mask": neg["cross_attn_cond_mask"]}
+
+
+def test_negative_prompt_is_the_dit_called_with_negative_conditioning(micro_base):
+    p, kw = micro_base, NEG_KW
+    prompts, negatives = ["a low tone", "rain"], ["noise", "a high whistle"]
+    got, _ = p(prompts, negative_prompt=negatives, **kw)
+    with torch.inference_mode():
+        gen = sampling.make_generator(kw["seed"])
+        frames = p.frames_for(kw["seconds"], True)
+        noise = sampling.randn((2, p.latent_channels, frames), gen, p.device, p.dtype)
+        plan = sampling.Sampler("euler", sampling.schedule("rf", kw["steps"]))
+        x = sampling.run(p.dit, noise, plan, gen, cfg_scale=kw["cfg_scale"],
+                         cond=_with_negative(p, prompts, negatives, kw["seconds"]))
+        want = p.decode(x)[..., : round(kw["seconds"] * p.sample_rate)]
+    assert_same_maths("negative prompt vs manual", got, want)
+    plain, _ = p(prompts, **kw)
+    assert rel(got, plain) > 1e-3                     # the negative conditioning reaches the audio
+    # A list is one negative per clip: clip 0 keeps its negative, clip 1 changes with its own.
+    other, _ = p(prompts, negative_prompt=["noise", "a drum"], **kw)
+    assert_same_maths("clip 0", other[0], got[0])
+    assert rel(other[1], got[1]) > 1e-3
+    # One string (or a one-string list) is every clip's negative.
+    one, _ = p(prompts, negative_prompt="noise", **kw)
+    both, _ = p(prompts, negative_prompt=["noise", "noise"], **kw)
+    torch.testing.assert_close(one, both, rtol=0, atol=0)
+    torch.testing.assert_close(p(prompts, negative_prompt=["noise"], **kw)[0], one, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("negative, error, match", [
+    (3, TypeError, "negative_prompt must be a string or a list of strings, got int"),
+    (["a", 2], TypeError, "the list holds|a list holding int"),
+    (["a", "b", "c"], ValueError, "negative_prompt has 3 strings but 2 clips"),
+    ([], ValueError, "negative_prompt has 0 strings"),
+])
+def test_negative_prompt_bad_values(micro_base, negative, error, match):
+    with pytest.raises(error, match=match):
+        micro_base(["a", "b"], negative_prompt=negative, **NEG_KW)
+
+
+def test_negative_prompt_refused_without_guidance_or_text(micro, micro_base):
+    with pytest.raises(ValueError, match="negative_prompt acts through classifier-free guidance.*cfg_scale 1"):
+        micro("a", negative_prompt="noise", seconds=0.1, steps=1)      # ARC model: CFG 1 by default
+    with pytest.raises(ValueError, match="cfg_scale 1"):
+        micro_base("a", negative_prompt="noise", **{**NEG_KW, "cfg_scale": 1.0})
+    no_text = build_pipeline(micro_config(text=False, arc=False), seed=0)
+    with pytest.raises(ValueError, match="negative_prompt needs a text-conditioned model"):
+        no_text("", negative_prompt="noise", **NEG_KW)
+
+
 # ------------------------------------------------------------------------------------------------ cuda_graph
 def _graph_inputs(p, prompt, seconds, steps, seed):
     """The inputs __call__ hands to the graph path, drawn in __call__'s order from the same seed."""
@@ -432,6 +523,45 @@ def test_fast_dit_embeds_the_text_once_per_generation(micro, sampler, cfg, monke
         micro.clear_cuda_graphs()
 
 
+def test_negative_prompt_through_the_graph_loop_and_the_fast_dit_memo(micro_base, monkeypatch):
+    """The captured loop (run eagerly on the CPU) takes the negative conditioning as static inputs like the rest:
+    bitwise the eager call's audio, in a runner of its own. FastDiT embeds the text context (cond + negative) once
+    per generation, bitwise as when it recomputes it at every step, and agrees with the reference DiT."""
+    import contextlib
+
+    from arc_fast.models.dit import FastDiT
+
+    p, kw = micro_base, NEG_KW
+    ref, _ = p("a", negative_prompt="noise", **kw)
+    p.clear_cuda_graphs()
+    with torch.inference_mode():
+        gen, cond, noise = _graph_inputs(p, "a", kw["seconds"], kw["steps"], kw["seed"])
+        cond = _with_negative(p, ["a"], ["noise"], kw["seconds"])
+        _, audio, _, _ = p._graph_sample(noise, None, 1.0, kw["steps"], "euler", kw["cfg_scale"], gen, cond, True)
+        assert torch.equal(audio[..., : ref.shape[-1]], ref)
+        gen, plain, noise = _graph_inputs(p, "a", kw["seconds"], kw["steps"], kw["seed"])
+        p._graph_sample(noise, None, 1.0, kw["steps"], "euler", kw["cfg_scale"], gen, plain, True)
+        assert len(p._cuda_graphs) == 2                 # with and without the negative: two call shapes
+    p.clear_cuda_graphs()
+
+    ref_dit = p.dit
+    p.dit = FastDiT.from_module(ref_dit).eval()
+    calls = []
+    hook = p.dit.to_cond_embed.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with use_backend("eager"):
+            once, _ = p("a", negative_prompt="noise", **kw)
+            assert len(calls) == 1
+            monkeypatch.setattr(FastDiT, "reuse_conditioning", lambda self: contextlib.nullcontext())
+            every_step, _ = p("a", negative_prompt="noise", **kw)
+            assert len(calls) == 1 + kw["steps"]
+    finally:
+        hook.remove()
+        p.dit = ref_dit
+    assert torch.equal(once, every_step)
+    assert_same_maths("FastDiT vs reference, negative prompt", once, ref, ulps=GENERATION_ULPS)
+
+
 def test_graph_cache_keeps_four_shapes_and_reports_a_planted_nan(micro):
     micro.clear_cuda_graphs()
     with torch.inference_mode():
@@ -489,3 +619,17 @@ def test_cuda_graph_replay_matches_eager_on_gpu(sampler):
     comp, _ = pipe("a low sine tone at 220 Hz", seconds=1.0, seed=0, steps=4, sampler=sampler, cuda_graph=True)
     ref, _ = pipe("a low sine tone at 220 Hz", seconds=1.0, seed=0, steps=4, sampler=sampler)
     assert rel(comp, ref) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_with_negative_prompt_matches_eager_on_gpu():
+    """A negative prompt through the captured loop on the bundled (CFG) model: as the eager loop, to bf16
+    rounding, and not the audio without it."""
+    pipe = load_pipeline(device="cuda", dtype="bf16")
+    kw = dict(seconds=1.0, seed=2, steps=4, negative_prompt="noise")
+    eager, _ = pipe("a low sine tone at 220 Hz", **kw)
+    graph, _ = pipe("a low sine tone at 220 Hz", cuda_graph=True, **kw)
+    plain, _ = pipe("a low sine tone at 220 Hz", seconds=1.0, seed=2, steps=4, cuda_graph=True)
+    assert rel(graph, eager) < 1e-2, rel(graph, eager)
+    assert rel(plain, graph) > 1e-2

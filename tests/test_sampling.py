@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from arc_fast import sampling
 from arc_fast.sampling import make_generator, randn, rf_timesteps, sample_euler, sample_pingpong
 
 SPEC_8 = [1, 0.9933, 0.9820, 0.9526, 0.8808, 0.7311, 0.5, 0.2689, 0]
@@ -83,3 +84,11 @@ def test_pingpong_one_step_is_x0_prediction():
 def test_pingpong_requires_generator():
     with pytest.raises(ValueError, match="Generator"):
         sample_pingpong(lambda x, t, cfg_scale=1.0: x, torch.zeros(1, 1, 1), steps=2)
+
+
+def test_random_seed_is_a_fresh_63_bit_seed(monkeypatch):
+    seeds = {sampling.random_seed() for _ in range(8)}
+    assert len(seeds) == 8 and all(isinstance(s, int) and 0 <= s < 2 ** 63 for s in seeds)
+    monkeypatch.setattr(sampling.os, "urandom", lambda n: b"\xff" * n)   # the largest draw still seeds torch
+    assert sampling.random_seed() == 2 ** 63 - 1
+    sampling.make_generator(sampling.random_seed() + 1000)

@@ -372,3 +372,24 @@ def test_channels_last_layout_helpers():
     w = torch.randn(4, 5, 3)
     wc = ops.channels_last_weight(w)
     assert torch.equal(wc, w) and wc.stride() == (15, 1, 5)
+
+
+@pytest.mark.parametrize("dtype", CL_DTYPES)
+def test_fused_cpu_snake_matches_reference(dtype, monkeypatch):
+    """ARC_FAST_CPU_FUSED_SNAKE=1: SnakeBeta as one torch.compile'd CPU loop, equal to the oracle within the dtype's
+    rounding, in both layouts; without a working compiler it falls back (warns) to the eager passes."""
+    monkeypatch.setenv("ARC_FAST_CPU_FUSED_SNAKE", "1")
+    if ops._compiled_snake() is None:
+        pytest.skip("torch.compile does not work here (no C++ compiler): the eager SnakeBeta is used")
+    i = make_conv_inputs(2, 12, 12, 37, 7, seed=4)
+    ref = snake_beta(i["x"], i["alpha"], i["beta"])
+    lo = cast(i, dtype, "cpu")
+    ref_lowp = snake_beta(lo["x"], lo["alpha"], lo["beta"])
+    for x in (lo["x"], ops.to_channels_last_1d(lo["x"])):
+        with torch.inference_mode():
+            out = ops.snake_activation(x, lo["alpha"], lo["beta"])
+        assert out.dtype == dtype and out.shape == ref.shape
+        assert_close_to_ref(f"fused snake {dtype}", out, ref, ref_lowp, dtype)
+    monkeypatch.setenv("ARC_FAST_CPU_FUSED_SNAKE", "0")       # off: the eager passes, bitwise the oracle
+    with torch.inference_mode():
+        assert torch.equal(ops.snake_activation(lo["x"], lo["alpha"], lo["beta"]), ref_lowp)
