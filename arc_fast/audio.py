@@ -20,6 +20,8 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from .limits import MAX_INIT_PEAK
+
 
 def load_audio(path: str) -> tuple[torch.Tensor, int]:
     """A sound file (wav/flac/ogg, via soundfile) -> (audio (channels, samples) float32, sample_rate).
@@ -176,6 +178,14 @@ def as_audio(init_audio, sample_rate: int) -> tuple[torch.Tensor, int]:
     if audio.dim() != 3 or audio.shape[-1] == 0:
         raise ValueError(f"init_audio must be (samples,), (channels, samples) or (batch, channels, samples), "
                          f"got shape {tuple(audio.shape)}")
+    finite = torch.isfinite(audio)
+    if not bool(finite.all()):
+        raise ValueError(f"init_audio holds {int((~finite).sum())} NaN/Inf sample(s) (non-finite input; "
+                         f"repair or replace the audio)")
+    peak = float(audio.abs().amax())
+    if peak > MAX_INIT_PEAK:
+        raise ValueError(f"init_audio peaks at {peak:.3g}, over {MAX_INIT_PEAK:g} (audio is expected in [-1, 1]; "
+                         f"integer PCM given as floats must be divided by its full scale, e.g. 32768)")
     return audio, sr
 
 

@@ -14,22 +14,15 @@ import sys
 import tempfile
 
 from ._errors import report_error
+from .limits import MAX_BATCH, MAX_STEPS, SEED_RANGE  # noqa: F401 - MAX_* public here too
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line."""
 
 
-# Upper bounds of the options that set how much work a command does; a value past them is a typo or a
-# misunderstanding, and refusing it at once beats hours of computation or an allocation failure.
-# --steps: a rectified-flow sampler's ODE is converged long before 1000 Euler steps (Stable Audio uses
-#   100-250; ARC's ping-pong 1-8), and 1000 steps is already ~10 s of DiT on an H100 for a 12 s clip and
-#   ~30 min on a CPU core count like a laptop's.
-MAX_STEPS = 1000
-# --batch-size: the decoder's largest activations are ~128 channels x every output sample, ~270 MB per 12 s
-#   stereo clip in fp32, and several are alive at once: 64 clips need tens of GB (an H100 holds 80), and take
-#   64x one clip's time. Larger batches: run the command again with other seeds.
-MAX_BATCH = 64
+# Upper bounds of the options that set how much work a command does: --steps and --batch-size share
+# Pipeline.__call__'s (MAX_STEPS, MAX_BATCH: arc_fast.limits says why).
 # --frames (export): the measured DiT forward attends over all frames at once; 8192 frames are ~6 min of
 #   audio at SAO's 46 ms per frame, far past any released model's window.
 MAX_FRAMES = 8192
@@ -69,7 +62,7 @@ def _seed(s: str) -> int:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {s!r}")
-    if not -2 ** 63 <= v < 2 ** 64:  # what torch.Generator.manual_seed accepts
+    if not SEED_RANGE[0] <= v < SEED_RANGE[1]:  # what torch.Generator.manual_seed accepts
         raise argparse.ArgumentTypeError(f"must be an integer in [-2**63, 2**64), got {s}")
     return v
 

@@ -4,16 +4,19 @@ from its source).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import time
 import warnings
 
 import torch
 from torch import nn
 
+from .files import install_folder, staging_dir
 from .int8 import apply_int8_layout, quantize_dit_state_dict
-from .loader import PREFIXES, CheckpointError, build_models, check_state_dict, save_json, save_safetensors
+from .loader import PREFIXES, CheckpointError, build_models, check_state_dict, loadable, save_json, save_safetensors
 from .loading import CHECKPOINT_NAMES, SPLIT_NAMES, resolve_model
 from .pipeline import parse_dtype
 
@@ -27,7 +30,18 @@ def convert_model(model: str | None, out_dir: str, *, config=None, dit: str | No
     encoder.*/decoder.* keys). Reads every layout ``load_pipeline`` reads (EMA chosen as there; training
     modules and optimiser state dropped), checks it strictly against the config, optionally casts float
     tensors to ``dtype`` and stores the DiT's block linears as int8 (``int8``). ``out_dir`` must be empty or
-    new unless ``overwrite``. Returns {'files': [...], 'notes': [...], 'arc_post_trained': bool}."""
+    new unless ``overwrite`` (then its old model files are replaced, atomically as a set: the new model is
+    written completely beside it first; other files in it are kept). Returns {'files': [...], 'notes':
+    [...], 'arc_post_trained': bool}."""
+    ours = set(CHECKPOINT_NAMES) | set(SPLIT_NAMES.values()) | {"model_config.json"}
+    present = []
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise NotADirectoryError(errno.ENOTDIR, "the output must be a folder", out_dir)
+        present = sorted(f for f in os.listdir(out_dir) if f in ours)
+        if present and not overwrite:
+            raise FileExistsError(f"{out_dir} already holds {', '.join(present)} (choose an empty folder or "
+                                  f"overwrite)")
     resolved = resolve_model(model, config=config, dit=dit, autoencoder=autoencoder, ema=ema,
                              arc_post_trained=arc_post_trained)
     config, sd = resolved.config, resolved.state_dict
@@ -42,9 +56,9 @@ def convert_model(model: str | None, out_dir: str, *, config=None, dit: str | No
         warnings.warn(p, RuntimeWarning, stacklevel=2)
     # Only the keys the model uses are written: unknown keys never reach an inference checkpoint.
     keep = {PREFIXES[c] + k for c, part in report.parts.items() for k in part}
-    own = {PREFIXES[c] + k for c, m in (("dit", dit_m), ("autoencoder", ae_m), ("conditioner", cond_m))
-           for k in m.state_dict()}
-    sd = {k: v for k, v in sd.items() if k in keep and k in own}
+    own = {PREFIXES[c] + k: t for c, m in (("dit", dit_m), ("autoencoder", ae_m), ("conditioner", cond_m))
+           for k, t in m.state_dict().items()}
+    sd = {k: v for k, v in sd.items() if k in keep and k in own and loadable(v, own[k])}
     cast = parse_dtype(dtype)
     if cast is not None:
         sd = {k: (v.to(cast) if v.is_floating_point() and not k.endswith(".weight_scale") else v)
@@ -53,30 +67,25 @@ def convert_model(model: str | None, out_dir: str, *, config=None, dit: str | No
         sd, n = quantize_dit_state_dict(dit_m, sd)
         notes.append(f"int8: {n} DiT block linear layers stored as int8 weights + per-channel fp32 scales")
         config.setdefault("arc_fast", {})["dit_int8"] = True
-    os.makedirs(out_dir, exist_ok=True)
-    ours = set(CHECKPOINT_NAMES) | set(SPLIT_NAMES.values()) | {"model_config.json"}
-    present = sorted(f for f in os.listdir(out_dir) if f in ours)
-    if present and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {', '.join(present)} (choose an empty folder or overwrite)")
-    for f in present:
-        os.remove(os.path.join(out_dir, f))
     meta = {"format": "pt", "arc_fast": json.dumps({"arc_post_trained": resolved.arc_post_trained,
                                                     "int8": bool(int8), "converted_from": resolved.sources})}
-    files = []
     if split:
         dit_part = {k: v for k, v in sd.items() if k.startswith((PREFIXES["dit"], PREFIXES["conditioner"]))}
         ae_part = {k[len(PREFIXES["autoencoder"]):]: v for k, v in sd.items() if k.startswith(PREFIXES["autoencoder"])}
-        for name, part in (("dit", dit_part), ("autoencoder", ae_part)):
-            path = os.path.join(out_dir, SPLIT_NAMES[name])
-            save_safetensors(part, path, meta)
-            files.append(path)
+        parts = {SPLIT_NAMES["dit"]: dit_part, SPLIT_NAMES["autoencoder"]: ae_part}
     else:
-        path = os.path.join(out_dir, "model.safetensors")
-        save_safetensors(sd, path, meta)
-        files.append(path)
-    path = os.path.join(out_dir, "model_config.json")
-    save_json(config, path)
-    files.append(path)
+        parts = {"model.safetensors": sd}
+    # The new model is written whole into a folder beside out_dir, then moved in; the old model's files go
+    # only after that (files.install_folder), so a failure part-way (a full disk) leaves out_dir as it was.
+    staged = staging_dir(out_dir)
+    try:
+        for name, part in parts.items():
+            save_safetensors(part, os.path.join(staged, name), meta)
+        save_json(config, os.path.join(staged, "model_config.json"))
+        install_folder(staged, out_dir, present)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    files = [os.path.join(out_dir, name) for name in (*parts, "model_config.json")]
     return {"files": files, "notes": notes, "arc_post_trained": resolved.arc_post_trained}
 
 

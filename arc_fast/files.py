@@ -8,7 +8,9 @@ into an inert placeholder: a pickle that tries to set the state of a real class 
 "refused checkpoint ..."). ``last.pt`` pointer files (``write_pointer`` / ``resolve_pointer``) name the newest
 trainer checkpoint and are followed.
 
-Writing (``save_safetensors``, ``save_json``): a temporary file beside the target, then an atomic rename.
+Writing (``save_safetensors``, ``save_json``): a temporary file beside the target, fsynced, then an atomic
+rename. A folder of files (``arc-fast convert -o DIR --overwrite``) is written into a ``staging_dir`` beside
+it and moved into place by ``install_folder``: the old files go only once the new ones are complete.
 
 ``arc_fast.loader`` (layouts, key mapping, strict checks) builds on this module; its old names still import
 from there.
@@ -354,8 +356,14 @@ def read_file(path: str) -> tuple[tp.Any, dict, list[str]]:
 # ------------------------------------------------------------------------------------------------------
 # Writing
 # ------------------------------------------------------------------------------------------------------
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def save_safetensors(sd: dict, path: str, metadata: dict | None = None) -> None:
-    """Write ``sd`` (CPU tensors, made contiguous; shared storages copied) atomically to ``path``."""
+    """Write ``sd`` (CPU tensors, made contiguous; shared storages copied) atomically to ``path``: a temporary
+    file beside it, fsynced, renamed over it."""
     from safetensors.torch import save_file
     seen: set = set()
     clean = {}
@@ -371,16 +379,72 @@ def save_safetensors(sd: dict, path: str, metadata: dict | None = None) -> None:
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
     try:
         save_file(clean, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        _fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(directory)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def save_json(obj, path: str) -> None:
-    """Write JSON atomically."""
+    """Write JSON atomically (a temporary file beside ``path``, fsynced, renamed over it)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def staging_dir(target: str) -> str:
+    """A new hidden folder beside the folder ``target`` (same file system, so renames into place are atomic);
+    its parent is created if missing."""
+    import tempfile
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}.arc-fast-", dir=parent)
+
+
+def install_folder(staged: str, target: str, replaced: tp.Iterable[str] = ()) -> None:
+    """Move the complete files of ``staged`` (a ``staging_dir``) into the folder ``target`` and remove
+    ``staged``. A missing ``target`` is the renamed ``staged`` (one atomic rename). Otherwise the files named
+    in ``replaced`` (the old model) are first moved aside into a backup folder beside ``target``, the new files
+    moved in, and the backup deleted only then; if any move fails, the new files are taken out and the old
+    ones put back before the error propagates, so ``target`` holds the old model or the whole new one."""
+    import shutil
+    target = os.path.abspath(target)
+    parent = os.path.dirname(target)
+    fsync_dir(staged)
+    if not os.path.exists(target):
+        os.rename(staged, target)
+        fsync_dir(parent)
+        return
+    names = sorted(os.listdir(staged))
+    backup = staging_dir(target)
+    old_moved: list[str] = []
+    new_moved: list[str] = []
+    try:
+        for name in replaced:
+            os.replace(os.path.join(target, name), os.path.join(backup, name))
+            old_moved.append(name)
+        for name in names:
+            os.replace(os.path.join(staged, name), os.path.join(target, name))
+            new_moved.append(name)
+        fsync_dir(target)
+    except BaseException:
+        for name in reversed(new_moved):
+            os.replace(os.path.join(target, name), os.path.join(staged, name))
+        for name in reversed(old_moved):
+            os.replace(os.path.join(backup, name), os.path.join(target, name))
+        fsync_dir(target)
+        os.rmdir(backup)  # empty again; if a move back failed, the old files stay there and this is not reached
+        raise
+    shutil.rmtree(backup)
+    shutil.rmtree(staged, ignore_errors=True)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .configs import check_config
 from .files import (POINTER_MAGIC, CheckpointError, HostilePickleError, fsync_dir,  # noqa: F401 - public here too
                     read_file, resolve_pointer, save_json, save_safetensors, weights_only_reason, write_pointer)
 
@@ -119,7 +120,10 @@ def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
             raise CheckpointError(f"{source} is an FSDP-sharded trainer checkpoint: export it with the trainer "
                                   f"(export_on_finish) or resume it with the same world size")
         use_ema = ema is not False
-        dit_sd = _tensors(obj["ema"] if use_ema else obj["G"])
+        dit_sd = _tensors((obj["ema"] or {}) if use_ema else obj["G"])
+        if ema and not dit_sd:
+            raise CheckpointError(f"EMA weights were asked for (ema=True) but {source} has none (its 'ema' entry "
+                                  f"is empty): leave ema unset, or pass ema=False for the online generator")
         n_d = len(obj.get("D") or {})
         notes.append(f"arc_fast ARC trainer checkpoint (step {obj.get('step')}): using the "
                      f"{'EMA generator' if use_ema else 'online generator G (ema=False)'}; the discriminator "
@@ -135,6 +139,10 @@ def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
     arc = _metadata_arc(metadata)
     evidence = "the checkpoint's arc_fast metadata" if arc is not None else None
     if not any(k.startswith("diffusion.") for k in tensors):
+        if ema:
+            raise CheckpointError(f"EMA weights were asked for (ema=True) but {source} has none: it is an "
+                                  f"unwrapped inference checkpoint (one set of weights, no diffusion_ema.* keys); "
+                                  f"leave ema unset or pass ema=False")
         return ResolvedCheckpoint(tensors, notes, "unwrapped", arc, evidence, metadata=metadata)
 
     out: dict = {}
@@ -169,7 +177,8 @@ def resolve_layout(obj, metadata: dict | None = None, ema: bool | None = None,
     elif ema_sd:
         notes.append("EMA weights present but not used (ema=False)")
     elif ema:
-        raise CheckpointError(f"EMA weights were asked for but {source} has none (no diffusion_ema.ema_model.* keys)")
+        raise CheckpointError(f"EMA weights were asked for (ema=True) but {source} has none (no "
+                              f"diffusion_ema.ema_model.* keys): leave ema unset or pass ema=False")
     for what, n in sorted(ignored.items()):
         notes.append(f"ignored {n} {what} tensor(s) (training only)")
     if is_arc:
@@ -222,7 +231,8 @@ def read_component(path: str, component: str, ema: bool | None = None) -> Resolv
                              f"(discriminator, losses)")
             return ResolvedCheckpoint({prefix + k: v for k, v in part.items()}, notes, "autoencoder-lightning",
                                       metadata=metadata)
-    res = resolve_layout(obj, metadata, ema, source=path)
+    # ema=True requires EMA weights for the DiT; an autoencoder file takes its EMA weights only where it has them.
+    res = resolve_layout(obj, metadata, None if (component == "autoencoder" and ema) else ema, source=path)
     res.notes = notes + res.notes
     sd = res.state_dict
     if component == "dit":
@@ -273,17 +283,9 @@ def build_models(config: dict, meta: bool = False, parts: tuple = ("dit", "autoe
     from .reference.conditioners import conditioner_from_config
     from .reference.dit import DiffusionTransformer
 
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict (a parsed model_config.json), got {type(config).__name__}")
-    if config.get("model_type") != "diffusion_cond":
-        raise ValueError(f"model_type {config.get('model_type')!r} is not supported (expected 'diffusion_cond')")
-    m = config.get("model", {})
-    for part in ("diffusion", "pretransform", "conditioning"):
-        if part not in m:
-            raise ValueError(f"model config lacks 'model.{part}'")
+    check_config(config)  # every field used below, by name (ValueError)
+    m = config["model"]
     diff = m["diffusion"]
-    if diff.get("type", "dit") != "dit":
-        raise ValueError(f"diffusion type {diff.get('type')!r} is not supported (expected 'dit')")
     dit_cfg = dict(diff["config"])
     dit_cfg.setdefault("diffusion_objective", diff.get("diffusion_objective", "v"))
     ctx = torch.device("meta") if meta else (_nullcontext() if init else _skip_init())
@@ -315,6 +317,27 @@ def _list(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")
 
 
+def _kind(dtype: torch.dtype) -> str:
+    """The kind of values a dtype holds: a checkpoint tensor must hold the kind the model's does (float
+    weights may come in any float precision; int8 is the int8 DiT layout, not a number kind)."""
+    if dtype == torch.int8:
+        return "int8"
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
+def _both(got: torch.Tensor, own: torch.Tensor) -> str:
+    return f"checkpoint {got.dtype} {tuple(got.shape)} vs model {own.dtype} {tuple(own.shape)}"
+
+
+def loadable(got: torch.Tensor, own: torch.Tensor) -> bool:
+    """Whether a checkpoint tensor can take a model tensor's place: same shape, same kind of values."""
+    return tuple(got.shape) == tuple(own.shape) and _kind(got.dtype) == _kind(own.dtype)
+
+
 @dataclass
 class CheckReport:
     """Result of ``check_state_dict``: per-component sub-state-dicts (prefix stripped), problems (one line
@@ -326,8 +349,10 @@ class CheckReport:
 
 
 def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
-    """Compare a full-layout state dict with the modules (real or meta): missing, unexpected and mis-shaped
-    keys per component, and keys outside the layout. A missing encoder (every ``encoder.*`` key absent) is
+    """Compare a full-layout state dict with the modules (real or meta): missing, unexpected, mis-shaped and
+    mis-typed keys per component (each named with both dtypes and shapes, one line per problem: an int32,
+    bool or complex tensor where the model has float weights is refused here, not by a kernel), and keys
+    outside the layout. A missing encoder (every ``encoder.*`` key absent) is
     tolerated and reported as ``no_encoder``."""
     parts = {name: {} for name in PREFIXES}
     leftover = []
@@ -351,10 +376,10 @@ def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
                 no_encoder = True
                 missing = [k for k in missing if not k.startswith("encoder.")]
         unexpected = [k for k in got if k not in own]
-        shape = [f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in got and tuple(got[k].shape) != tuple(own[k].shape)]
-        kinds = [f"{k}: checkpoint {got[k].dtype} vs model {own[k].dtype}" for k in own
-                 if k in got and (got[k].dtype == torch.int8) != (own[k].dtype == torch.int8)]
+        shape = [f"{k}: {_both(got[k], own[k])}" for k in own
+                 if k in got and tuple(got[k].shape) != tuple(own[k].shape)]
+        kinds = [f"{k}: {_both(got[k], own[k])}" for k in own
+                 if k in got and _kind(got[k].dtype) != _kind(own[k].dtype)]
         label = COMPONENT_NAMES[name]
         if missing:
             hint = ""
@@ -370,7 +395,7 @@ def check_state_dict(modules: dict[str, nn.Module], sd: dict) -> CheckReport:
             problems.append(f"{label}: shape mismatch: {'; '.join(shape[:4])}")
             incomplete.add(name)
         if kinds:
-            problems.append(f"{label}: int8/float mismatch: {'; '.join(kinds[:4])}")
+            problems.append(f"{label}: dtype mismatch: {'; '.join(kinds[:4])}")
             incomplete.add(name)
     if leftover:
         problems.append(f"unused key(s) outside the model layout: {_list(leftover)}")

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .configs import check_config
 from .int8 import apply_int8_layout, dequantize_int8_layers
-from .loader import (PREFIXES, CheckpointError, build_models, check_state_dict, read_component, read_resolved,
-                     refresh_weight_norm)
+from .loader import (PREFIXES, CheckpointError, build_models, check_state_dict, loadable, read_component,
+                     read_resolved, refresh_weight_norm)
 from .pipeline import Pipeline, parse_dtype
 
 logger = logging.getLogger("arc_fast")
@@ -46,13 +47,18 @@ SPLIT_NAMES = {"dit": "dit.safetensors", "autoencoder": "autoencoder.safetensors
 
 def find_checkpoint(directory: str) -> dict[str, str]:
     """The checkpoint files of a model folder: {'main': path} or, for a split folder, {'dit': ..,
-    'autoencoder': ..}. Raises FileNotFoundError naming what was looked for."""
-    for name in CHECKPOINT_NAMES:
-        p = os.path.join(directory, name)
-        if os.path.isfile(p):
-            return {"main": p}
+    'autoencoder': ..}. Raises FileNotFoundError naming what was looked for, and CheckpointError for a folder
+    holding more than one model (say model.safetensors and model.ckpt): which one was meant is not guessed."""
+    found = [name for name in CHECKPOINT_NAMES if os.path.isfile(os.path.join(directory, name))]
     split = {k: os.path.join(directory, v) for k, v in SPLIT_NAMES.items()}
     if all(os.path.isfile(p) for p in split.values()):
+        found.append(" + ".join(SPLIT_NAMES.values()))
+    if len(found) > 1:
+        raise CheckpointError(f"{directory} holds more than one model ({' and '.join(found)}): keep one and move "
+                              f"the others away, or load a file by name (e.g. {os.path.join(directory, found[0])})")
+    if found and found[0] in CHECKPOINT_NAMES:
+        return {"main": os.path.join(directory, found[0])}
+    if found:
         return split
     raise FileNotFoundError(f"no model.safetensors or model.ckpt (or dit.safetensors + autoencoder.safetensors) "
                             f"in {directory}")
@@ -64,15 +70,16 @@ def _find_checkpoint(directory: str) -> str:  # kept for callers of the old name
 
 
 def read_config(config) -> dict:
-    """A model config from a dict (deep-copied) or a JSON file path."""
+    """A model config from a dict (deep-copied) or a JSON file path, validated field by field
+    (``arc_fast.configs.check_config``: ValueError naming the file, the field and the allowed values)."""
     if isinstance(config, dict):
-        return copy.deepcopy(config)
+        return check_config(copy.deepcopy(config), "the given model config")
     path = os.fspath(config)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model_config.json not found at {path}")
     with open(path) as f:
         try:
-            return json.load(f)
+            return check_config(json.load(f), path)
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
 
@@ -130,7 +137,7 @@ def resolve_model(model: str | None = None, *, config=None, dit: str | None = No
     evidence: list[tuple[bool, str]] = []
     base = None
     if main is not None:
-        res = read_resolved(main, ema)
+        res = read_resolved(main, None if (dit is not None and ema) else ema)  # dit= replaces main's DiT
         notes += res.notes
         sd = dict(res.state_dict)
         if res.arc_post_trained is not None:
@@ -246,7 +253,7 @@ def materialize(resolved: ResolvedModel, allow_partial: bool = False) -> tuple[n
         mod = modules[name]
         own = mod.state_dict()
         usable = {k: v for k, v in report.parts[name].items()
-                  if k in own and tuple(v.shape) == tuple(own[k].shape)}
+                  if k in own and loadable(v, own[k])}
         mod.load_state_dict(usable, strict=False, assign=True)
     dit, ae, cond = modules["dit"], modules["autoencoder"], modules["conditioner"]
     refresh_weight_norm(ae)
@@ -265,9 +272,10 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     autoencoder.safetensors), one checkpoint file (config beside it, or ``config=``), or None for the
     bundled default. Any layout of ``arc_fast.loader`` (Lightning wrappers, EMA, ARC training, the arc_fast
     trainer). dit / autoencoder: separate files that replace (or supply) those components. config: a dict
-    or a JSON path. ema: None = prefer EMA weights when present (noted in ``load_notes``), True = require,
-    False = online weights. arc_post_trained: override the detected model kind. dtype: the DiT's
-    precision: None / "auto" = on the CPU the fastest precision this CPU runs well, per stage
+    or a JSON path. ema: None = prefer EMA weights when present (noted in ``load_notes``), True = require
+    them for the DiT (CheckpointError naming the file if it has none), False = online weights.
+    arc_post_trained: override the detected model kind. dtype: the DiT's precision: None / "auto" = on the
+    CPU the fastest precision this CPU runs well, per stage
     (``arc_fast.cpu.choose_precisions``: bf16 where oneDNN has native bf16 and a cached one-off probe confirms
     the gain, else fp32; an int8 export keeps int8), fp32 on CUDA for None and bf16 for "auto"; "fp32" / "bf16" /
     "fp16"; "int8" (CPU: torchao dynamic int8 of the DiT's linears, ``arc_fast.cpu.quantize_dit_int8``).
@@ -392,7 +400,7 @@ def load_state_dict_into(dit: nn.Module, autoencoder: nn.Module, conditioner: nn
         warnings.warn(p, RuntimeWarning, stacklevel=2)
     for name, mod in (("dit", dit), ("autoencoder", autoencoder), ("conditioner", conditioner)):
         own = mod.state_dict()
-        usable = {k: v for k, v in report.parts[name].items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        usable = {k: v for k, v in report.parts[name].items() if k in own and loadable(v, own[k])}
         mod.load_state_dict(usable, strict=False)
     return report.problems
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import audio as _audio
 from . import cuda_graphs, guards, sampling
+from .configs import check_defaults
 from .cpu import set_dit_precision
 from .dtypes import DTYPES, dtype_name, parse_dtype  # noqa: F401 - public here too
 from .guards import SILENCE_PEAK, GenerationError, NonFiniteError  # noqa: F401 - public here too
@@ -128,10 +129,7 @@ class Pipeline:
         ``arc_fast.defaults`` (any of sampler / steps / cfg_scale) overrides them (what its trainer measured)."""
         d = ({"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0} if self.is_arc else
              {"sampler": "euler", "steps": 100, "cfg_scale": 7.0})
-        own = self.config.get("arc_fast", {}).get("defaults") or {}
-        bad = sorted(set(own) - set(d))
-        if bad:
-            raise ValueError(f"model config arc_fast.defaults: unknown keys {bad}; allowed: sampler, steps, cfg_scale")
+        own = check_defaults(self.config.get("arc_fast", {}).get("defaults") or {})
         return {**d, **own}
 
     def describe(self) -> str:
@@ -254,30 +252,14 @@ class Pipeline:
             self.__dict__.pop("_lowp_decoders", None)
             audio = self._run_decoder(latents, torch.float32)
         if not bool(torch.isfinite(audio).all()):
-            raise NonFiniteError("the decoder produced NaN/Inf audio from finite latents (check the autoencoder "
-                                 "weights: a checkpoint without pretransform.* weights gives this)", "decoder")
+            guards.decoder_output(self.autoencoder.decoder)
         return audio.float()
 
     # -------------------------------------------------------------------------------- generation
-    def _validate(self, prompt, seconds, steps, cfg_scale, batch_size) -> list[str]:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompt given (empty prompt list)")
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be strings")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if seconds is not None and not (0 < seconds <= self.max_seconds + 1e-9):
-            raise ValueError(f"seconds must be in (0, {self.max_seconds:.2f}] for this model, got {seconds}")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if cfg_scale is not None and cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-        if len(prompts) == 1 and batch_size > 1:
-            prompts = prompts * batch_size
-        elif batch_size > 1 and len(prompts) != batch_size:
-            raise ValueError(f"{len(prompts)} prompts but batch_size={batch_size}")
-        return prompts
+    def _validate(self, prompt, seconds, steps, cfg_scale, batch_size, seed=None) -> tuple:
+        """``guards.call_arguments`` for this model: (prompts, seconds, steps, cfg_scale, batch_size, seed)."""
+        return guards.call_arguments(prompt, seconds, steps, cfg_scale, batch_size, seed,
+                                     max_seconds=self.max_seconds, frame_seconds=self.hop / self.sample_rate)
 
     @torch.inference_mode()
     def __call__(self, prompt: str | list[str], seconds: float | None = None, steps: int | None = None,
@@ -303,7 +285,8 @@ class Pipeline:
         negative_prompt: a string or one per clip, what classifier-free guidance steers away from (the unguided
         half of each step is conditioned on it instead of on nothing); refused where no guidance runs
         (cfg_scale 1, e.g. ARC models) or the model has no text conditioner (``guards.negative_prompts``)."""
-        prompts = self._validate(prompt, seconds, steps, cfg_scale, batch_size)
+        prompts, seconds, steps, cfg_scale, batch_size, seed = self._validate(prompt, seconds, steps, cfg_scale,
+                                                                             batch_size, seed)
         if cuda_graph:
             if self.device.type != "cuda":
                 raise ValueError(f"cuda_graph=True needs the pipeline on a CUDA device (it is on {self.device}); "
@@ -346,7 +329,7 @@ class Pipeline:
 
         cond = self.condition(prompts, seconds, negatives)
         if guard:
-            guards.finite(cond.values(), "conditioner", "try fp32 for the text encoder")
+            guards.finite(cond.values(), "conditioner", "try fp32 for the text encoder", self.conditioner)
         _sync(self.device)
         timings.conditioner = time.perf_counter() - t_start
 
@@ -363,7 +346,8 @@ class Pipeline:
             t_enc = time.perf_counter()
             init_latents = self.encode(init_wave[..., : frames * self.hop])
             if guard:
-                guards.finite([init_latents], "encoder", "the init audio or the encoder weights")
+                guards.finite([init_latents], "encoder", "the init audio is finite and in range: check the encoder "
+                                                         "weights", self.autoencoder.encoder)
             sigma_max = init_noise_level
             _sync(self.device)
             timings.encoder = time.perf_counter() - t_enc
@@ -387,7 +371,8 @@ class Pipeline:
             step_times = [(time.perf_counter() - t0) / steps] * steps
         timings.dit_steps = step_times
         if guard:
-            guards.dit_steps(finite.first_bad() if not cuda_graph else self._graph_first_bad, steps, dtype)
+            guards.dit_steps(finite.first_bad() if not cuda_graph else self._graph_first_bad, steps, dtype, self.dit,
+                             cfg_scale)
 
         if audio is None:
             t1 = time.perf_counter()

@@ -15,6 +15,7 @@ import collections
 import io
 import os
 import pickle
+import re
 import struct
 import types
 
@@ -555,3 +556,359 @@ def test_convert_cli_never_runs_or_patches(guard, capsys, micro, tmp_path, name)
     else:
         _one_line_failure(code, err, "refused checkpoint", "model.ckpt")
         assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------ Pipeline arguments
+
+@pytest.fixture
+def no_work(micro, monkeypatch):
+    """The micro pipeline with every stage of a generation refusing to run."""
+    def refuse(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+    for stage in ("condition", "prepare_init_audio", "encode", "decode"):
+        monkeypatch.setattr(micro, stage, refuse)
+    return micro
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(steps=True), TypeError, r"steps must be an integer, got True \(bool\)"),
+    (dict(steps=2.0), TypeError, r"steps must be an integer, got 2.0 \(float\)"),
+    (dict(steps=0), ValueError, r"steps must be in \[1, 1000\] \(samplers converge long before\), got 0"),
+    (dict(steps=1001), ValueError, r"steps must be in \[1, 1000\]"),
+    (dict(batch_size=True), TypeError, r"batch_size must be an integer, got True \(bool\)"),
+    (dict(batch_size=10 ** 12), ValueError, r"batch_size must be in \[1, 64\] \(memory"),
+    (dict(batch_size=0), ValueError, r"batch_size must be in \[1, 64\]"),
+    (dict(seed=1.5), TypeError, r"seed must be an integer, got 1.5 \(float\)"),
+    (dict(seed=False), TypeError, r"seed must be an integer, got False \(bool\)"),
+    (dict(seed=2 ** 64), ValueError, r"seed must be in \[-9223372036854775808, 18446744073709551615\]"),
+    (dict(seconds=True), TypeError, r"seconds must be a number, got True \(bool\)"),
+    (dict(seconds="1"), TypeError, r"seconds must be a number, got '1' \(str\)"),
+    (dict(seconds=float("nan")), ValueError, r"seconds must be a finite number, got nan"),
+    (dict(seconds=1e-9), ValueError, r"seconds must be at least one latent frame \(0.0040 s\) for this model"),
+    (dict(seconds=1.0), ValueError, r"seconds must be in \(0, 0.26\] for this model, got 1"),
+    (dict(cfg_scale=float("nan")), ValueError, r"cfg_scale must be a finite number, got nan"),
+    (dict(cfg_scale=float("-inf")), ValueError, r"cfg_scale must be a finite number, got -inf"),
+    (dict(cfg_scale="3"), TypeError, r"cfg_scale must be a number, got '3' \(str\)"),
+    (dict(cfg_scale=-1.0), ValueError, r"cfg_scale must be >= 0"),
+    (dict(prompt=None), TypeError, r"prompt must be a string or a list of strings, got NoneType"),
+    (dict(prompt=b"a tone"), TypeError, r"prompt must be a string or a list of strings, got bytes"),
+    (dict(prompt=["a", 3]), TypeError, r"prompt\[1\] must be a string, got int"),
+    (dict(prompt=[]), ValueError, r"no prompt given"),
+])
+def test_pipeline_arguments_are_refused_by_name_before_any_work(no_work, kwargs, exc, match):
+    kwargs = {"prompt": "a tone", **kwargs}
+    with pytest.raises(exc, match=match):
+        no_work(**kwargs)
+
+
+def test_pipeline_accepts_numpy_integers_and_the_cli_shares_its_limits(micro):
+    import numpy as np
+
+    from arc_fast import cli, guards, limits
+    audio, _ = micro("a", seconds=0.05, steps=np.int64(1), seed=np.int32(3), batch_size=np.int64(2),
+                     cfg_scale=np.float32(1.0), short_window=True)
+    assert audio.shape[0] == 2
+    assert cli.MAX_STEPS == guards.MAX_STEPS == limits.MAX_STEPS and cli.MAX_BATCH == guards.MAX_BATCH
+
+
+# ------------------------------------------------------------- non-finite input versus non-finite weights
+
+@pytest.mark.parametrize("audio, match", [
+    (torch.full((2, 400), 1e30), r"init_audio peaks at 1e\+30, over 100 \(audio is expected in \[-1, 1\]"),
+    (torch.full((2, 400), 32767.0), r"init_audio peaks at 3.28e\+04.*divided by its full scale, e.g. 32768"),
+    (torch.tensor([[0.1, float("nan"), 0.2, float("inf")]]), r"init_audio holds 2 NaN/Inf sample\(s\) \(non-finite input"),
+])
+def test_bad_init_audio_is_named_as_input_before_the_encoder(micro, monkeypatch, audio, match):
+    def refuse(*a, **k):
+        raise AssertionError("the encoder ran on a bad init audio")
+    monkeypatch.setattr(micro, "encode", refuse)
+    with pytest.raises(ValueError, match=match):
+        micro("a", seconds=0.05, init_audio=audio)
+
+
+def _planted(module, name, value=float("nan")):
+    p = dict(module.named_parameters())[name]
+    saved = p.detach().clone()
+    with torch.no_grad():
+        p.view(-1)[0] = value
+    return p, saved
+
+
+@pytest.mark.parametrize("where, name, stage", [
+    ("dit", "transformer.project_in.weight", "DiT step 1 of 2"),
+    ("decoder", "layers.0.bias", "decoder"),
+])
+def test_non_finite_weights_are_named_apart_from_inputs(micro, where, name, stage):
+    from arc_fast.guards import NonFiniteError
+    module = micro.dit if where == "dit" else micro.autoencoder.decoder
+    p, saved = _planted(module, name)
+    try:
+        with pytest.raises(NonFiniteError, match=rf"non-finite weights: the {stage.split()[0]} parameter "
+                                                 rf"{name} holds NaN/Inf") as e:
+            micro("a", seconds=0.05, steps=2, short_window=True)
+    finally:
+        with torch.no_grad():
+            p.copy_(saved)
+    assert e.value.stage == stage and "\n" not in str(e.value)
+
+
+def test_overflowing_guidance_is_called_input_not_weights(micro):
+    from arc_fast.guards import NonFiniteError
+    with pytest.raises(NonFiniteError, match=r"step 1 of 2 .*non-finite input: cfg_scale 3e\+38") as e:
+        micro("a", seconds=0.05, steps=2, cfg_scale=3e38, short_window=True)
+    assert "weights" not in str(e.value)
+
+
+def test_cli_init_audio_of_1e30_is_one_line_and_writes_nothing(capsys, micro_model, tmp_path):
+    import soundfile as sf
+    src = tmp_path / "loud.wav"
+    sf.write(str(src), torch.full((800, 2), 1e30).numpy(), 8000, subtype="FLOAT")
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"old take")
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(out), "--model", micro_model, "--quiet",
+                        "--init-audio", str(src), "--steps", "1", "--reference")
+    _one_line_failure(code, err, "init_audio peaks at 1e+30")
+    assert out.read_bytes() == b"old take" and sorted(os.listdir(tmp_path)) == ["loud.wav", "out.wav"]
+
+
+# ------------------------------------------------------------------------------------------ EMA required
+
+@pytest.mark.parametrize("layout", ["unwrapped", "lightning"])
+def test_ema_true_without_ema_weights_is_refused_by_name(micro, tmp_path, layout):
+    sd = micro.state_dict()
+    if layout == "lightning":
+        sd = {"diffusion." + k: v for k, v in sd.items()}
+    save_model(micro, tmp_path / layout, "model.ckpt", sd={"state_dict": sd} if layout == "lightning" else sd)
+    with pytest.raises(CheckpointError, match=r"EMA weights were asked for \(ema=True\) but .*model\.ckpt has none"):
+        load_pipeline(str(tmp_path / layout), device="cpu", dtype="fp32", fast=False, ema=True)
+    # Without ema=True both load; an autoencoder file needs no EMA weights even with ema=True.
+    load_pipeline(str(tmp_path / layout), device="cpu", dtype="fp32", fast=False)
+    ae = tmp_path / "ae.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in micro.autoencoder.state_dict().items()}, str(ae))
+    lightning = tmp_path / "ema.ckpt"
+    ema_sd = {**{"diffusion." + k: v for k, v in micro.state_dict().items()},
+              **{"diffusion_ema.ema_model." + k[len("model."):]: v for k, v in micro.state_dict().items()
+                 if k.startswith("model.model.")}}
+    torch.save({"state_dict": ema_sd}, str(lightning))
+    load_pipeline(str(lightning), config=micro.config, autoencoder=str(ae), device="cpu", dtype="fp32", fast=False,
+                  ema=True)
+
+
+# ------------------------------------------------------------------------------------------ config fields
+
+def _set(cfg, path, value):
+    *parents, last = path.split(".")
+    for p in parents:
+        cfg = cfg[p]
+    cfg[last] = value
+
+
+@pytest.mark.parametrize("path, value, match", [
+    ("sample_rate", 0, r"sample_rate must be a positive integer \(Hz\), got 0"),
+    ("sample_rate", "abc", r"sample_rate must be a positive integer \(Hz\), got 'abc'"),
+    ("sample_size", -5, r"sample_size must be a positive integer \(audio samples in the model's window\), got -5"),
+    ("sample_size", 16, r"sample_size must be at least one latent frame \(model.pretransform.config."
+                        r"downsampling_ratio = 32 samples\), got 16"),
+    ("model.diffusion.config.embed_dim", "big", r"model.diffusion.config.embed_dim must be a positive integer, "
+                                                r"got 'big'"),
+    ("model.diffusion.config.depth", 3.5, r"model.diffusion.config.depth must be a positive integer, got 3.5"),
+    ("model.diffusion.config.num_heads", True, r"num_heads must be a positive integer, got True"),
+    ("model.pretransform.config.decoder.config.strides", [4, 0], r"decoder.config.strides must be a non-empty "
+                                                                 r"list of positive integers, got a JSON list \[4, 0\]"),
+    ("model.diffusion.diffusion_objective", "x0", r"model.diffusion.diffusion_objective must be one of 'v', "
+                                                  r"'rectified_flow', 'rf_denoiser', got 'x0'"),
+    ("model.conditioning", [], r"model.conditioning must be a JSON object, got a JSON list \[\]"),
+    ("model_type", "autoencoder", r"model_type must be one of 'diffusion_cond', got 'autoencoder'"),
+    ("arc_fast.defaults.steps", 0, r"arc_fast.defaults.steps must be a positive integer <= 1000, got 0"),
+    ("arc_fast.defaults.steps", 10 ** 6, r"arc_fast.defaults.steps must be a positive integer <= 1000"),
+    ("arc_fast.defaults.steps", "8", r"arc_fast.defaults.steps must be a positive integer <= 1000, got '8'"),
+    ("arc_fast.defaults.sampler", "ddim", r"arc_fast.defaults.sampler must be one of 'euler', 'pingpong'"),
+    ("arc_fast.defaults.cfg_scale", float("nan"), r"arc_fast.defaults.cfg_scale must be a finite number >= 0"),
+])
+def test_config_fields_are_validated_by_name(micro, tmp_path, path, value, match):
+    import copy
+    import json
+    cfg = copy.deepcopy(micro.config)
+    cfg.setdefault("arc_fast", {}).setdefault("defaults", {})
+    _set(cfg, path, value)
+    save_model(micro, tmp_path, config=cfg)
+    with pytest.raises(ValueError, match=match) as e:
+        load_pipeline(str(tmp_path), device="cpu", dtype="fp32", fast=False)
+    assert str(tmp_path / "model_config.json") in str(e.value) and "\n" not in str(e.value)
+    assert "--steps" not in str(e.value)
+    with pytest.raises(ValueError, match=match):  # a config given as a dict is checked the same way
+        load_pipeline(str(tmp_path / "model.safetensors"), config=json.loads(json.dumps(cfg, allow_nan=True)),
+                      device="cpu", dtype="fp32", fast=False)
+
+
+def test_config_that_is_a_json_list_is_named(micro, tmp_path, capsys):
+    save_model(micro, tmp_path)
+    (tmp_path / "model_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"model_config.json must be a JSON object .*got a JSON list"):
+        load_pipeline(str(tmp_path), device="cpu", fast=False)
+    code, _, err = _cli(capsys, "convert", str(tmp_path), "-o", str(tmp_path / "out"))
+    _one_line_failure(code, err, "must be a JSON object", "got a JSON list")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_steps_are_blamed_on_the_config_not_on_steps(micro, capsys, tmp_path):
+    import copy
+    cfg = copy.deepcopy(micro.config)
+    cfg["arc_fast"]["defaults"] = {"steps": 0}
+    save_model(micro, tmp_path / "m", config=cfg)
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "a.wav"), "--model", str(tmp_path / "m"),
+                        "--quiet")
+    _one_line_failure(code, err, "arc_fast.defaults.steps must be a positive integer <= 1000, got 0")
+    assert "--steps" not in err and not (tmp_path / "a.wav").exists()
+    from arc_fast.pipeline import Pipeline
+    with pytest.raises(ValueError, match=r"arc_fast.defaults.steps"):  # a Pipeline built from a dict too
+        Pipeline(cfg, micro.dit, micro.autoencoder, micro.conditioner).defaults()
+
+
+# ----------------------------------------------------------------------------------- mistyped weights
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+def test_mistyped_weights_name_key_dtypes_and_shapes_on_one_line(micro, tmp_path, capsys, dtype):
+    key = "model.model.transformer.project_in.weight"
+    sd = micro.state_dict()
+    sd[key] = sd[key].to(dtype)
+    shape = tuple(sd[key].shape)
+    save_model(micro, tmp_path / "m", "model.ckpt", sd=sd)
+    said = rf"transformer.project_in.weight: checkpoint {dtype} {re_shape(shape)} vs model torch.float32 {re_shape(shape)}"
+    with pytest.raises(CheckpointError, match=r"DiT \(model.model.\*\): dtype mismatch: " + said) as e:
+        load_pipeline(str(tmp_path / "m"), device="cpu", dtype="fp32", fast=False)
+    assert "\n" not in str(e.value)
+    code, _, err = _cli(capsys, "convert", str(tmp_path / "m"), "-o", str(tmp_path / "out"))
+    _one_line_failure(code, err, f"transformer.project_in.weight: checkpoint {dtype} {shape} vs model torch.float32")
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    with pytest.warns(RuntimeWarning, match="dtype mismatch"):  # allow_partial: warned, and the key not loaded
+        p = load_pipeline(str(tmp_path / "m"), device="cpu", dtype="fp32", fast=False, allow_partial=True)
+    assert p.dit.transformer.project_in.weight.dtype == torch.float32
+
+
+def re_shape(shape):
+    return re.escape(str(shape))
+
+
+def test_half_precision_weights_still_load(micro, tmp_path):
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in micro.state_dict().items()}
+    save_model(micro, tmp_path, sd=sd)
+    p = load_pipeline(str(tmp_path), device="cpu", dtype="fp32", fast=False)
+    torch.testing.assert_close(p.dit.transformer.project_in.weight, micro.dit.transformer.project_in.weight.half().float())
+
+
+# ------------------------------------------------------------------------------ ambiguous model folders
+
+@pytest.mark.parametrize("second", ["model.ckpt", "split"])
+def test_folder_with_two_models_is_refused_naming_both(micro, tmp_path, capsys, second):
+    d = tmp_path / "m"
+    save_model(micro, d)
+    if second == "split":
+        for name in ("dit.safetensors", "autoencoder.safetensors"):
+            (d / name).write_bytes(b"")
+        both = "model.safetensors and dit.safetensors + autoencoder.safetensors"
+    else:
+        save_model(micro, d, "model.ckpt")
+        both = "model.safetensors and model.ckpt"
+    with pytest.raises(CheckpointError, match=rf"holds more than one model \({re.escape(both)}\): keep one and move the "
+                                              rf"others away, or load a file by name"):
+        load_pipeline(str(d), device="cpu", fast=False)
+    code, _, err = _cli(capsys, "generate", "x", "-o", str(tmp_path / "a.wav"), "--model", str(d), "--quiet")
+    _one_line_failure(code, err, f"{d} holds more than one model ({both})", str(d / "model.safetensors"))
+    assert not (tmp_path / "a.wav").exists()
+    load_pipeline(str(d / "model.safetensors"), device="cpu", fast=False)  # naming the file resolves it
+
+
+# ------------------------------------------------------------------------- convert --overwrite, atomically
+
+def _snapshot(d):
+    return {name: (d / name).read_bytes() for name in sorted(os.listdir(d))}
+
+
+@pytest.fixture
+def converted(micro, tmp_path, capsys):
+    """A model folder to convert from, and an output folder already holding a split model plus a user file."""
+    src = tmp_path / "src"
+    save_model(micro, src)
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out), "--split")
+    assert code == 0, err
+    (out / "notes.txt").write_text("mine")
+    return src, out, _snapshot(out)
+
+
+@pytest.mark.parametrize("fail_at", ["write", "install"])
+def test_convert_overwrite_failing_halfway_leaves_the_old_model(converted, tmp_path, capsys, monkeypatch, fail_at):
+    import arc_fast.convert
+    import arc_fast.files
+    src, out, before = converted
+    if fail_at == "write":  # the disk fills up after the first file of the new model
+        real = arc_fast.convert.save_json
+
+        def full_disk(obj, path):
+            raise OSError(28, os.strerror(28), path)
+        monkeypatch.setattr(arc_fast.convert, "save_json", full_disk)
+    else:  # the second move into place fails: the first one and the old files are moved back
+        real, calls = os.replace, []
+
+        def failing_replace(a, b):
+            if os.path.dirname(os.fspath(b)) == str(out) and ".arc-fast-" in os.fspath(a):
+                calls.append(b)
+                if len(calls) == 2:
+                    raise OSError(5, os.strerror(5), b)
+            return real(a, b)
+        monkeypatch.setattr(arc_fast.files.os, "replace", failing_replace)
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out), "--overwrite")
+    _one_line_failure(code, err, "No space left on device" if fail_at == "write" else "Input/output error")
+    assert _snapshot(out) == before  # the old split model, untouched, and the user's file
+    assert sorted(os.listdir(tmp_path)) == ["out", "src"]  # no staging or backup folder left behind
+
+
+def test_convert_overwrite_replaces_the_old_model_as_a_set(converted, tmp_path, capsys):
+    src, out, before = converted
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out), "--overwrite")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["model.safetensors", "model_config.json", "notes.txt"]  # no stale split
+    assert (out / "notes.txt").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["out", "src"]
+    load_pipeline(str(out), device="cpu", fast=False)
+    code, _, err = _cli(capsys, "convert", str(src), "-o", str(out))
+    _one_line_failure(code, err, "already holds model.safetensors, model_config.json")
+
+
+# ---------------------------------------------------------------------------- FastOobleckDecoder inputs
+
+def _fast_decoder():
+    from arc_fast.models.decoder import FastOobleckDecoder
+    return FastOobleckDecoder(out_channels=2, channels=4, latent_dim=8, c_mults=[1, 2], strides=[2, 2],
+                              use_snake=True, final_tanh=False).eval()
+
+
+@pytest.mark.parametrize("x, exc, match", [
+    (torch.zeros(1, 8, 5, dtype=torch.int64), ValueError,
+     r"FastOobleckDecoder input: x must be a floating-point tensor of latents .*got torch.int64"),
+    (torch.zeros(1, 8, 5, dtype=torch.bool), ValueError, r"x must be a floating-point tensor .*got torch.bool"),
+    (torch.zeros(1, 7, 5), ValueError, r"expected 8 channels \(dim 1\) for latents, got 7"),
+    (torch.zeros(8, 5), ValueError, r"expected latents of shape \(B, 8, T\), got rank 2"),
+    (torch.zeros(1, 8, 0), ValueError, r"no latent frames \(shape \(1, 8, 0\)\)"),
+    ([[0.0]], TypeError, r"expected a torch.Tensor, got list"),
+])
+def test_fast_decoder_rejects_bad_latents_by_name(x, exc, match):
+    with pytest.raises(exc, match=match), torch.no_grad():
+        _fast_decoder()(x)
+
+
+def test_fast_decoder_finiteness_check_is_opt_in_and_skipped_when_compiling(monkeypatch):
+    dec = _fast_decoder()
+    x = torch.randn(2, 8, 6)
+    bad = x.clone()
+    bad[1, 3, 2] = float("inf")
+    with torch.no_grad():
+        assert not torch.isfinite(dec(bad)).all()  # default: off (the pipeline's guard names the stage)
+        for mode in (None, True):
+            dec.check_finite = mode
+            with pytest.raises(ValueError, match=r"x holds NaN/Inf values \(non-finite input, not a weights"):
+                dec(bad)
+        assert torch.isfinite(dec(x)).all()  # finite latents pass the check
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # a traced graph holds no host sync
+        assert not torch.isfinite(dec(bad)).all()

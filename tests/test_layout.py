@@ -17,7 +17,7 @@ LAYERS = {
     "oracle": ({"reference", "_cuda"}, set()),
     "ops": ({"ops"}, {"oracle", "kernels"}),
     "models": ({"models"}, {"ops", "oracle"}),
-    "plumbing": ({"sampling", "audio", "guards", "cuda_graphs", "loader", "files", "int8", "cpu", "dtypes", "configs"}, {"oracle"}),
+    "plumbing": ({"sampling", "audio", "guards", "cuda_graphs", "loader", "files", "int8", "cpu", "dtypes", "configs", "limits"}, {"oracle"}),
     "pipeline": ({"pipeline"}, {"plumbing", "oracle"}),
     "loading": ({"loading", "convert"}, {"pipeline", "models", "plumbing", "oracle"}),
 }
@@ -74,7 +74,7 @@ def test_layers_import_only_what_the_architecture_allows(layer):
 def test_architecture_doc_names_every_module():
     doc = (ROOT / "docs" / "architecture.md").read_text()
     for entry in sorted(os.listdir(PKG)):
-        if entry.startswith("__pycache__") or entry == "assets":
+        if entry.startswith("__pycache__") or entry in ("assets", "py.typed"):  # py.typed: the PEP 561 marker
             continue
         if not entry.endswith(".py") and not (PKG / entry).is_dir():
             continue  # data beside the modules (py.typed), not a module to place

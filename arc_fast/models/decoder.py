@@ -235,8 +235,9 @@ class FastOobleckDecoder(OobleckDecoder):
                                           packed=packed)
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        """latents (B, latent_dim, T) fp32/fp16/bf16 -> audio (B, out_channels, T * prod(strides)), same dtype."""
-        _check_audio_like("FastOobleckDecoder input", x, self.latent_dim, "latents")
+        """latents (B, latent_dim, T) fp32/fp16/bf16 -> audio (B, out_channels, T * prod(strides)), same dtype.
+        Bad latents raise ValueError naming the problem (``_check_latents``; NaN/Inf per ``check_finite``)."""
+        _check_latents(self, x)
         name = self._resolve_backend(x, backend)
         layout = {"eager": "eager", "cuda": "cuda"}.get(name, "k_major" if x.is_cuda else "plain")
         if layout == "cuda":
@@ -361,3 +362,23 @@ def _fold32(conv: nn.Module) -> torch.Tensor:
         return g * v / v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
     return conv.weight.float()
 
+
+def _check_latents(decoder: nn.Module, x) -> None:
+    """``FastOobleckDecoder.forward``'s input checks: x a floating (B, latent_dim, T) tensor with T >= 1
+    (ValueError; TypeError for a non-tensor). ``check_finite`` (a class or instance attribute, as on FastDiT;
+    absent = False) also rejects NaN/Inf: False never, None for CPU inputs only (one pass, no device sync),
+    True on every device (one host sync); skipped inside ``torch.compile`` and CUDA graph capture."""
+    name = "FastOobleckDecoder input"
+    if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise ValueError(f"{name}: x must be a floating-point tensor of latents (float32/float16/bfloat16), "
+                         f"got {x.dtype}")
+    _check_audio_like(name, x, decoder.latent_dim, "latents")
+    if x.shape[2] == 0:
+        raise ValueError(f"{name}: no latent frames (shape {tuple(x.shape)})")
+    check = getattr(decoder, "check_finite", False)
+    if check is False or torch.compiler.is_compiling() or (check is None and x.device.type != "cpu"):
+        return
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: x holds NaN/Inf values (non-finite input, not a weights problem)")
