@@ -286,6 +286,9 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     resolved = resolve_model(model, config=config, dit=dit, autoencoder=autoencoder, ema=ema,
                              arc_post_trained=arc_post_trained)
     d, ae, cond, notes = materialize(resolved, allow_partial)
+    # The modules now hold the checkpoint's tensors (assign=True): drop the dict's references so that casting
+    # to bf16 below frees each fp32 tensor as it goes, instead of keeping a whole fp32 copy alive (peak RSS).
+    resolved.state_dict = {}
     notes = resolved.notes + notes
     # An int8 export's weights, restored exactly (q * scale): the int8 compute is torchao's, on plain Linear
     # layers of either DiT, when the DiT's precision is int8 (the automatic choice for such a model).
@@ -301,6 +304,8 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     pipe = Pipeline(resolved.config, d, ae, cond)
     dit_dtype, ae_dtype, precision_notes = resolve_precisions(device, dtype, autoencoder_dtype, n_int8 > 0)
     notes += precision_notes
+    if device.type == "cpu" and dit_dtype not in (None, torch.float32):
+        _own_memory(ae, cond)   # before the DiT's cast, so that the cast releases the checkpoint's mapping
     pipe.to(device, dit_dtype, ae_dtype)
     kind = "ARC post-trained" if pipe.is_arc else "base"
     dflt = pipe.defaults()
@@ -310,6 +315,21 @@ def load_pipeline(model: str | None = None, device: str | torch.device | None = 
     for n in notes:
         logger.info(n)
     return pipe
+
+
+def _own_memory(*modules: nn.Module) -> None:
+    """Give every float32 CPU parameter and buffer of ``modules`` its own memory (a copy).
+
+    Why: safetensors maps the checkpoint file and each loaded tensor views that mapping; the mapping, and every
+    page of it that was read, stays resident while any one tensor still views it. When the DiT is cast (bf16,
+    int8), copying the components that keep fp32 first lets the cast release the whole mapping: measured on a
+    1.9 GB fp32 SAO-size checkpoint at bf16, 3.5 GB resident after load_pipeline without it, ~2 GB with it. (An
+    fp32 DiT keeps viewing the mapping, so nothing is copied then: the copies would only add to it.)
+    """
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.device.type == "cpu" and t.dtype == torch.float32 and type(t.data) is torch.Tensor:
+                t.data = t.data.clone()
 
 
 def resolve_precisions(device: torch.device, dtype, autoencoder_dtype, int8_export: bool = False):
@@ -360,7 +380,7 @@ def fast_modules(dit: nn.Module, autoencoder: nn.Module) -> tuple[nn.Module, nn.
         notes.append(f"fused DiT not used: {exc}")
     try:
         from .models.decoder import FastOobleckDecoder
-        autoencoder.decoder = FastOobleckDecoder.from_module(autoencoder.decoder).eval()
+        autoencoder.decoder = FastOobleckDecoder.from_module(autoencoder.decoder, copy=False).eval()
     except ImportError:
         pass
     except (NotImplementedError, TypeError) as exc:

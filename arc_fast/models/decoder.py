@@ -93,8 +93,9 @@ class FastOobleckDecoder(OobleckDecoder):
         self._plan_signature = None
 
     @classmethod
-    def from_module(cls, ref: nn.Module, backend: str | None = None) -> "FastOobleckDecoder":
-        """A FastOobleckDecoder with a copy of ``ref``'s weights (ours or a stable-audio-tools OobleckDecoder).
+    def from_module(cls, ref: nn.Module, backend: str | None = None, copy: bool = True) -> "FastOobleckDecoder":
+        """A FastOobleckDecoder with a copy of ``ref``'s weights (ours or a stable-audio-tools OobleckDecoder);
+        ``copy=False`` shares ref's tensors instead (for a caller that replaces ref, e.g. ``load_pipeline``).
 
         Same device and dtype as ``ref``; the configuration is read from ``ref``'s structure (no import of
         stable-audio-tools) and its convolutions may carry legacy weight norm, parametrized weight norm or
@@ -106,7 +107,8 @@ class FastOobleckDecoder(OobleckDecoder):
             fast = cls(**cfg, backend=backend)
         from ._sat_interop import as_legacy_weight_norm
 
-        state = as_legacy_weight_norm({k: v.detach().clone() for k, v in ref.state_dict().items()},
+        state = as_legacy_weight_norm({k: v.detach().clone() if copy else v.detach()
+                                       for k, v in ref.state_dict().items()},
                                        fast.state_dict().keys())
         try:
             fast.load_state_dict(state, strict=True, assign=True)
