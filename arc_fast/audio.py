@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -202,14 +201,7 @@ def write_wav(path: str, audio: torch.Tensor, sample_rate: int) -> None:
     """Write audio (channels, samples) float in [-1, 1] as 16-bit PCM to ``path``: a temporary file beside
     it, fsynced, then renamed over it, so ``path`` is either the old file or the whole new one."""
     import soundfile as sf
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=directory, prefix=".arc-fast-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, audio.detach().float().cpu().T.numpy(), sample_rate, subtype="PCM_16", format="WAV")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    from .files import write_atomic
+    samples = audio.detach().float().cpu().T.numpy()
+    write_atomic(path, lambda f: sf.write(f, samples, sample_rate, subtype="PCM_16", format="WAV"))

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 import warnings
 
@@ -200,18 +199,9 @@ def _measure() -> dict:
 
 
 def _write_atomic(path: str, data: dict) -> None:
+    from .files import write_atomic
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cpu_probe.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: json.dump(data, f, indent=1), binary=False)
 
 
 @functools.lru_cache(maxsize=1)

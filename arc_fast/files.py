@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import tempfile
 import types
 import typing as tp
 from collections import OrderedDict
@@ -276,16 +277,15 @@ def resolve_pointer(path: str) -> str:
     return target
 
 
-def write_pointer(path: str, target: str) -> None:
-    """Atomically make ``path`` a pointer to ``target`` (a file in the same folder): written beside, fsynced,
-    renamed over ``path``. Unlike a hard link, damaging one file never damages the other."""
+def write_atomic(path: str, write, binary: bool = True) -> None:
+    """Replace ``path`` with what ``write(f)`` writes to an open file, atomically: a temporary file beside
+    ``path`` (same file system), flushed and fsynced, renamed over it, the rename made durable. ``path`` is
+    either its old content or the whole new one; the temporary file is removed on any failure."""
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.dirname(os.path.abspath(target)) != directory:
-        raise ValueError(f"a checkpoint pointer must name a file in its own folder, got {target}")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
-        with open(tmp, "wb") as f:
-            f.write(POINTER_MAGIC + os.path.basename(target).encode() + b"\n")
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -293,6 +293,15 @@ def write_pointer(path: str, target: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_pointer(path: str, target: str) -> None:
+    """Atomically make ``path`` a pointer to ``target`` (a file in the same folder): written beside, fsynced,
+    renamed over ``path``. Unlike a hard link, damaging one file never damages the other."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.dirname(os.path.abspath(target)) != directory:
+        raise ValueError(f"a checkpoint pointer must name a file in its own folder, got {target}")
+    write_atomic(path, lambda f: f.write(POINTER_MAGIC + os.path.basename(target).encode() + b"\n"))
 
 
 def fsync_dir(directory: str) -> None:
@@ -388,19 +397,8 @@ def save_safetensors(sd: dict, path: str, metadata: dict | None = None) -> None:
 
 
 def save_json(obj, path: str) -> None:
-    """Write JSON atomically (a temporary file beside ``path``, fsynced, renamed over it)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(directory)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write JSON atomically (``write_atomic``)."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=2), binary=False)
 
 
 def staging_dir(target: str) -> str:

@@ -168,18 +168,9 @@ def train_classifier(n: int = 2000, steps: int = 600, batch: int = 64, seed: int
 def save_classifier(model: ParamClassifier, info: dict, path: str) -> None:
     """Write ``{"state_dict", "info"}`` atomically (beside, fsync, rename): tensors and plain values only, so
     ``load_classifier`` reads it with ``torch.load(weights_only=True)``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"state_dict": model.state_dict(), "info": info}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ..files import write_atomic
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: torch.save({"state_dict": model.state_dict(), "info": info}, f))
 
 
 def load_classifier(path: str) -> tuple[ParamClassifier, dict]:
