@@ -84,11 +84,7 @@ def resample(audio: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     libsoxr at 'HQ' quality (``soxr.resample``, whole signal at once) when the ``soxr`` package is present,
     else ``resample_sinc``; figures of both in the module docstring. soxr's output (round(N * ratio)
     samples) is zero-padded by at most one sample to the length above."""
-    if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
-        raise TypeError("resample: audio must be a floating-point tensor (..., samples)")
-    orig_sr, new_sr = int(orig_sr), int(new_sr)
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"resample: sample rates must be positive, got {orig_sr} -> {new_sr}")
+    orig_sr, new_sr = _check_resample(audio, orig_sr, new_sr)
     if orig_sr == new_sr:
         return audio.clone()
     try:
@@ -127,11 +123,7 @@ def resample_sinc(audio: torch.Tensor, orig_sr: int, new_sr: int, zero_crossings
     crossings each side. One conv1d with stride M and L output channels does all phases. When L or M is
     above 1000 (nearly coprime rates), the audio is low-passed with the same kind of filter and linearly
     interpolated instead. Samples past either end count as zeros."""
-    if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
-        raise TypeError("resample: audio must be a floating-point tensor (..., samples)")
-    orig_sr, new_sr = int(orig_sr), int(new_sr)
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"resample: sample rates must be positive, got {orig_sr} -> {new_sr}")
+    orig_sr, new_sr = _check_resample(audio, orig_sr, new_sr)
     if orig_sr == new_sr:
         return audio.clone()
     g = math.gcd(orig_sr, new_sr)
@@ -195,6 +187,15 @@ def duration(init_audio, sample_rate: int) -> float:
     if isinstance(init_audio, tuple) and len(init_audio) == 2 and not isinstance(init_audio[0], torch.Tensor):
         return torch.as_tensor(init_audio[1]).shape[-1] / float(init_audio[0])
     return torch.as_tensor(init_audio).shape[-1] / sample_rate
+
+
+def _check_resample(audio, orig_sr, new_sr) -> tuple[int, int]:
+    if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+        raise TypeError("resample: audio must be a floating-point tensor (..., samples)")
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"resample: sample rates must be positive, got {orig_sr} -> {new_sr}")
+    return orig_sr, new_sr
 
 
 def write_wav(path: str, audio: torch.Tensor, sample_rate: int) -> None:

@@ -178,6 +178,12 @@ def decoder_work(dec_cfg: dict, frames: int, batch: int) -> dict:
 
 def dit_step_work(cfg: dict, frames: int, batch: int, cond_tokens: int) -> dict:
     """One DiT forward's Linear input + output elements and weight elements (meta device; FLOPs: ``dit_step_flops``)."""
+    dit, run = _meta_dit_step(cfg, frames, batch, cond_tokens)
+    return _linear_conv_work(dit, run)
+
+
+def _meta_dit_step(cfg: dict, frames: int, batch: int, cond_tokens: int):
+    """(a meta-device reference DiT of ``cfg``, a function running one forward of it at this size)."""
     from arc_fast.reference.dit import DiffusionTransformer
 
     from . import configs
@@ -190,7 +196,7 @@ def dit_step_work(cfg: dict, frames: int, batch: int, cond_tokens: int) -> dict:
         t = torch.empty(batch)
         cond = torch.empty(batch, cond_tokens, d.cond_dim)
         glob = torch.empty(batch, kw.get("global_cond_dim", 0)) if kw.get("global_cond_dim", 0) else None
-    return _linear_conv_work(dit, lambda: dit(x, t, cross_attn_cond=cond, global_embed=glob))
+    return dit, lambda: dit(x, t, cross_attn_cond=cond, global_embed=glob)
 
 
 def decoder_flops(dec_cfg: dict, frames: int, batch: int) -> float:
@@ -200,19 +206,10 @@ def decoder_flops(dec_cfg: dict, frames: int, batch: int) -> float:
 
 def dit_step_flops(cfg: dict, frames: int, batch: int, cond_tokens: int) -> float:
     """FLOPs of one DiT forward: every Linear (hooks, on the meta device) plus attention's two matmuls."""
-    from arc_fast.reference.dit import DiffusionTransformer
-
     from . import configs
 
-    kw = dit_kwargs(cfg)
+    lin = _linear_conv_flops(*_meta_dit_step(cfg, frames, batch, cond_tokens))
     d = configs.dit_dims(cfg)
-    with torch.device("meta"):
-        dit = DiffusionTransformer(**kw)
-        x = torch.empty(batch, d.io_channels, frames)
-        t = torch.empty(batch)
-        cond = torch.empty(batch, cond_tokens, d.cond_dim)
-        glob = torch.empty(batch, kw.get("global_cond_dim", 0)) if kw.get("global_cond_dim", 0) else None
-    lin = _linear_conv_flops(dit, lambda: dit(x, t, cross_attn_cond=cond, global_embed=glob))
     L = configs.dit_tokens(frames, cfg)
     attn = d.depth * 4.0 * batch * d.heads * d.head_dim * L * (L + cond_tokens)
     return lin + attn
