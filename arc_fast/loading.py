@@ -381,6 +381,10 @@ def fast_modules(dit: nn.Module, autoencoder: nn.Module) -> tuple[nn.Module, nn.
     try:
         from .models.decoder import FastOobleckDecoder
         autoencoder.decoder = FastOobleckDecoder.from_module(autoencoder.decoder, copy=False).eval()
+        # Longer audio / bigger batches decode in exact overlapping chunks past this activation budget (12 s of
+        # SAO audio needs ~0.4 GB in bf16, ~0.8 GB in fp32: one pass).
+        autoencoder.decoder.max_activation_bytes = int(float(os.environ.get("ARC_FAST_DECODER_MAX_MB", "1536"))
+                                                       * 2 ** 20)
     except ImportError:
         pass
     except (NotImplementedError, TypeError) as exc:

@@ -100,9 +100,6 @@ class Pipeline:
         self.dtype = next(dit.parameters()).dtype
         self.dit_precision = dtype_name(self.dtype)
         self.autoencoder_dtype = torch.float32
-        # The fused decoder's activation budget: longer audio / bigger batches decode in exact overlapping chunks
-        # (FastOobleckDecoder.decode_bounded). 12 s of SAO audio needs ~0.4 GB in bf16, ~0.8 GB in fp32.
-        self.decoder_max_bytes = int(float(os.environ.get("ARC_FAST_DECODER_MAX_MB", "1536")) * 2 ** 20)
         self.load_notes: list[str] = []
         self.last_timings = Timings()
         self.last_seed: int | None = None
@@ -224,11 +221,7 @@ class Pipeline:
 
     def _run_decoder(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         z = latents.float() * self.latent_scale
-        if self._fast_decoder():
-            bottleneck = getattr(self.autoencoder, "bottleneck", None)
-            z = z.to(dtype) if bottleneck is None else bottleneck.decode(z.to(dtype))
-            return self.autoencoder.decoder.decode_bounded(z, self.decoder_max_bytes)
-        if dtype == next(self.autoencoder.decoder.parameters()).dtype:
+        if self._fast_decoder() or dtype == next(self.autoencoder.decoder.parameters()).dtype:
             return self.autoencoder.decode(z.to(dtype))
         # The reference decoder keeps fp32 weights (the fallback needs them intact): a cast copy runs in dtype.
         cache = self.__dict__.setdefault("_lowp_decoders", {})

@@ -214,5 +214,7 @@ def test_decode_bounded_chunks_only_when_over_budget(monkeypatch):
         assert torch.equal(fast.decode_bounded(z, fast.peak_activation_bytes(120, z.dtype)), full) and not sizes
         budget = fast.peak_activation_bytes(10 + 2 * fast.context_frames(), z.dtype)
         out = fast.decode_bounded(z, budget)
-    assert sizes == [10], sizes
+        assert sizes == [10], sizes
+        fast.max_activation_bytes = budget          # the module's own budget: forward chunks the same way
+        assert torch.equal(fast(z), out) and sizes == [10, 10]
     assert_close_to_ref("bounded (chunked) decode", out, full)

@@ -19,3 +19,10 @@ def test_build_pipeline_swaps_in_the_fused_modules_as_load_pipeline_does(tmp_pat
     reference = build_pipeline(micro_config(), seed=0)
     assert _classes(reference) == _classes(load_pipeline(str(tmp_path / "m"), device="cpu", fast=False))
     assert type(reference.dit).__name__ != "FastDiT"
+
+
+def test_load_pipeline_gives_the_fused_decoder_its_activation_budget(monkeypatch):
+    from arc_fast.loading import load_pipeline
+    monkeypatch.setenv("ARC_FAST_DECODER_MAX_MB", "64")
+    dec = load_pipeline(device="cpu").autoencoder.decoder
+    assert type(dec).__name__ == "FastOobleckDecoder" and dec.max_activation_bytes == 64 * 2 ** 20

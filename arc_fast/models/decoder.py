@@ -89,6 +89,8 @@ class FastOobleckDecoder(OobleckDecoder):
         self.backend = backend
         # Eager CPU inference in channels-last layout (False: the (B, C, T) layout, for comparison in bench/).
         self.cpu_channels_last = True
+        # Activation budget of one forward (None: one pass whatever the length; load_pipeline sets it).
+        self.max_activation_bytes: int | None = None
         self._plans: dict = {}
         self._plan_signature = None
 
@@ -238,8 +240,13 @@ class FastOobleckDecoder(OobleckDecoder):
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """latents (B, latent_dim, T) fp32/fp16/bf16 -> audio (B, out_channels, T * prod(strides)), same dtype.
-        Bad latents raise ValueError naming the problem (``_check_latents``; NaN/Inf per ``check_finite``)."""
-        _check_latents(self, x)
+        Bad latents raise ValueError naming the problem (``_check_latents``; NaN/Inf per ``check_finite``).
+        With ``max_activation_bytes`` set, a decode whose activations would exceed it runs in exact overlapping
+        chunks (``decode_bounded``)."""
+        return self.decode_bounded(x, self.max_activation_bytes, backend)
+
+    def _decode(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """One pass over the whole of x (checked by the caller)."""
         name = self._resolve_backend(x, backend)
         layout = {"eager": "eager", "cuda": "cuda"}.get(name, "k_major" if x.is_cuda else "plain")
         if layout == "cuda":
@@ -301,13 +308,13 @@ class FastOobleckDecoder(OobleckDecoder):
             raise ValueError(f"decode_chunked: overlap must be a non-negative int, got {overlap!r}")
         T = latents.shape[-1]
         if T <= chunk_size:
-            return self(latents, backend=backend)
+            return self._decode(latents, backend)
         hop = self.hop_length
         out = None
         for c0 in range(0, T, chunk_size):
             c1 = min(c0 + chunk_size, T)
             a0, a1 = max(0, c0 - ctx), min(T, c1 + ctx)
-            y = self(latents[..., a0:a1], backend=backend)
+            y = self._decode(latents[..., a0:a1], backend)
             if out is None:
                 out = y.new_empty(y.shape[0], y.shape[1], T * hop)
             out[..., c0 * hop:c1 * hop] = y[..., (c0 - a0) * hop:(c1 - a0) * hop]
@@ -322,9 +329,10 @@ class FastOobleckDecoder(OobleckDecoder):
         chunks), so chunking is used only where it is what keeps the peak memory within the budget (long audio,
         big batches). latents (B, latent_dim, T) -> (B, out_channels, T * prod(strides)).
         """
+        _check_latents(self, latents)
         T, B = latents.shape[-1], latents.shape[0]
         if max_activation_bytes is None or self.peak_activation_bytes(T, latents.dtype, B) <= max_activation_bytes:
-            return self(latents, backend=backend)
+            return self._decode(latents, backend)
         ctx = self.context_frames()
         lo, hi = 1, T
         while lo < hi:     # the largest chunk whose decode (with its context on both sides) fits the budget
