@@ -210,6 +210,7 @@ def test_decode_bounded_chunks_only_when_over_budget(monkeypatch):
                         chunked(x, chunk_size=chunk_size, **k))
     with torch.no_grad():
         full = fast(z)
+        # decode_bounded with no budget is forward's own one-pass call: same call, same bytes
         assert torch.equal(fast.decode_bounded(z, None), full) and not sizes
         assert torch.equal(fast.decode_bounded(z, fast.peak_activation_bytes(120, z.dtype)), full) and not sizes
         budget = fast.peak_activation_bytes(10 + 2 * fast.context_frames(), z.dtype)

@@ -154,6 +154,7 @@ def test_read_file_never_runs_or_patches(guard, tmp_path, name):
     got = _load_or_refuse(lambda: read_file(path), path)
     if got is not None:
         obj, _, notes = got
+        # the tensor's stored bytes, read back (no arithmetic)
         assert torch.equal(obj["w"], torch.arange(3.0)) and "no code from the file was run" in notes[-1]
 
 
@@ -272,6 +273,7 @@ def test_resume_follows_the_pointer_and_old_hard_linked_runs_still_resume(run, t
     np.random.seed(123)
     legacy.load_checkpoint(str(old / "last.pt"))
     assert legacy.step == 2 and state_digest(legacy.ema) == state_digest(tr.ema)
+    # resume restores the RNG state itself: a contract on the exact state
     assert np.array_equal(np.random.get_state()[1], state["ranks"][0]["rng"]["numpy"][1])
 
 
@@ -377,6 +379,7 @@ def test_classifier_round_trips_through_weights_only(tmp_path):
     save_classifier(model, {"accuracy": {"family": 0.9}, "steps": 3}, str(tmp_path / "c.pt"))
     got, info = load_classifier(str(tmp_path / "c.pt"))
     assert info == {"accuracy": {"family": 0.9}, "steps": 3} and os.listdir(tmp_path) == ["c.pt"]
+    # weights round-trip through the file as bytes (no arithmetic)
     assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), model.state_dict().values()))
     sd = model.state_dict()
     sd["embed.weight"] = sd["embed.weight"][:4]

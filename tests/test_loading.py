@@ -15,6 +15,7 @@ def test_build_pipeline_swaps_in_the_fused_modules_as_load_pipeline_does(tmp_pat
     loaded = load_pipeline(str(tmp_path / "m"), device="cpu", fast=True)
     assert _classes(built) == _classes(loaded) == ("FastDiT", "FastOobleckDecoder", _classes(loaded)[2])
     for (k, v), (k2, v2) in zip(built.state_dict().items(), loaded.state_dict().items()):
+        # weights round-trip through the file as bytes (no arithmetic)
         assert k == k2 and torch.equal(v, v2)
     reference = build_pipeline(micro_config(), seed=0)
     assert _classes(reference) == _classes(load_pipeline(str(tmp_path / "m"), device="cpu", fast=False))

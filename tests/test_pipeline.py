@@ -67,6 +67,7 @@ def test_explicit_seed_is_used_as_given(pipe, monkeypatch):
     pipe("hi-hat", seconds=0.2, steps=2, short_window=True, seed=12345)
     assert pipe.last_seed == 12345 and pipe.last_timings.seed == 12345
     want = torch.randn(drawn[0].shape, generator=torch.Generator().manual_seed(12345))
+    # the same generator and seed through torch.randn: the same draw
     torch.testing.assert_close(drawn[0], want, rtol=0, atol=0)
 
 
@@ -95,6 +96,7 @@ def test_save_load_round_trip_and_strict_keys(tmp_path):
     p.save(tmp_path / "m")
     q = load_pipeline(str(tmp_path / "m"), device="cpu", fast=False)
     for (k, v), (k2, v2) in zip(p.state_dict().items(), q.state_dict().items()):
+        # weights round-trip through the file as bytes (no arithmetic)
         assert k == k2 and torch.equal(v, v2)
     sd = read_checkpoint(str(tmp_path / "m" / "model.safetensors"))
     assert any(k.startswith("model.model.transformer.layers.0.") for k in sd)
@@ -431,6 +433,7 @@ def test_negative_prompt_is_the_dit_called_with_negative_conditioning(micro_base
     # One string (or a one-string list) is every clip's negative.
     one, _ = p(prompts, negative_prompt="noise", **kw)
     both, _ = p(prompts, negative_prompt=["noise", "noise"], **kw)
+    # a string and a list of that string condition the same batch: the same computation, same bytes
     torch.testing.assert_close(one, both, rtol=0, atol=0)
     torch.testing.assert_close(p(prompts, negative_prompt=["noise"], **kw)[0], one, rtol=0, atol=0)
 
@@ -478,6 +481,7 @@ def test_graph_loop_matches_the_eager_sampler_bitwise(micro, sampler, cfg):
         gen, cond, noise = _graph_inputs(micro, "a", seconds, steps, seed)
         lat, audio, step_s, dec_s = micro._graph_sample(noise, None, 1.0, steps, sampler, cfg, gen, cond, True)
         assert len(micro._cuda_graphs) == 1 and len(step_s) == steps and dec_s >= 0
+        # the captured loop runs eagerly here: the eager loop's kernels on the same inputs, same bytes
         assert torch.equal(audio[..., : ref.shape[-1]], ref)
         gen2, cond2, noise2 = _graph_inputs(micro, "b", seconds, steps, seed + 1)
         _, audio2, _, _ = micro._graph_sample(noise2, None, 1.0, steps, sampler, cfg, gen2, cond2, True)
@@ -515,6 +519,7 @@ def test_fast_dit_embeds_the_text_once_per_generation(micro, sampler, cfg, monke
             monkeypatch.setattr(FastDiT, "reuse_conditioning", lambda self: contextlib.nullcontext())
             every_step, _ = micro("a", **kw)
             assert len(calls) == 4
+        # the memo reuses the very tensors a recompute would produce: same kernels, same inputs
         assert torch.equal(once, every_step)
         assert torch.equal(graph_audio[..., : once.shape[-1]], once)
     finally:
@@ -538,6 +543,7 @@ def test_negative_prompt_through_the_graph_loop_and_the_fast_dit_memo(micro_base
         gen, cond, noise = _graph_inputs(p, "a", kw["seconds"], kw["steps"], kw["seed"])
         cond = _with_negative(p, ["a"], ["noise"], kw["seconds"])
         _, audio, _, _ = p._graph_sample(noise, None, 1.0, kw["steps"], "euler", kw["cfg_scale"], gen, cond, True)
+        # the captured loop runs eagerly here: the eager loop's kernels on the same inputs, same bytes
         assert torch.equal(audio[..., : ref.shape[-1]], ref)
         gen, plain, noise = _graph_inputs(p, "a", kw["seconds"], kw["steps"], kw["seed"])
         p._graph_sample(noise, None, 1.0, kw["steps"], "euler", kw["cfg_scale"], gen, plain, True)
@@ -558,6 +564,7 @@ def test_negative_prompt_through_the_graph_loop_and_the_fast_dit_memo(micro_base
     finally:
         hook.remove()
         p.dit = ref_dit
+    # the memo reuses the very tensors a recompute would produce: same kernels, same inputs
     assert torch.equal(once, every_step)
     assert_same_maths("FastDiT vs reference, negative prompt", once, ref, ulps=GENERATION_ULPS)
 

@@ -46,6 +46,7 @@ def test_rf_pingpong_noise_order_is_the_contract():
     g1, g2 = S.make_generator(5), S.make_generator(5)
     drawn = plan.predraw(x, g1)
     assert drawn.shape == (3, 1, 2, 3)
+    # the same generator state and call: the same draws
     assert all(torch.equal(drawn[i], plan.draw(x, g2)) for i in range(3))
 
 
@@ -70,6 +71,7 @@ def test_run_hooks_timer_and_public_samplers_agree():
     ref = S.sample_pingpong(model, noise, steps=5, generator=S.make_generator(3), bias=bias)
     out = S.run(model, noise, S.Sampler("pingpong", S.rf_timesteps(5)), S.make_generator(3), cond={"bias": bias},
                 on_step=lambda i, t, v: seen.append(i), step_times=times)
+    # sample_pingpong runs this same loop and step arithmetic: same computation, same bytes
     assert torch.equal(out, ref) and seen == [0, 1, 2, 3, 4] and len(times) == 5
     finite = S.FiniteSteps()
     S.run(lambda x, t, cfg_scale=1.0: x / (t[:, None, None] > 0.9).float(), noise,
