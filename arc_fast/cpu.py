@@ -198,12 +198,6 @@ def _measure() -> dict:
     return out
 
 
-def _write_atomic(path: str, data: dict) -> None:
-    from .files import write_atomic
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomic(path, lambda f: json.dump(data, f, indent=1), binary=False)
-
-
 @functools.lru_cache(maxsize=1)
 def probe() -> dict | None:
     """The bf16/fp32 speed ratios of this machine: {"linear_bf16_speedup", "conv_bf16_speedup", ...} from the
@@ -227,7 +221,10 @@ def probe() -> dict | None:
     entry = _measure()
     entry["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
     try:
-        _write_atomic(path, {**(cached if isinstance(cached, dict) else {}), key: entry})
+        from .files import write_atomic
+        data = {**(cached if isinstance(cached, dict) else {}), key: entry}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, lambda f: json.dump(data, f, indent=1), binary=False)
     except OSError as exc:
         logging.getLogger("arc_fast").info("CPU probe not cached (%s): %s", path, exc)
     return entry

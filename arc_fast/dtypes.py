@@ -25,4 +25,4 @@ def parse_dtype(value, allow_int8: bool = False) -> torch.dtype | str | None:
 def dtype_name(dtype) -> str:
     """torch.dtype (or "int8") -> "fp32" | "bf16" | "fp16" | "int8"."""
     return dtype if isinstance(dtype, str) else {torch.float32: "fp32", torch.float16: "fp16",
-                                                 torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+                                                 torch.bfloat16: "bf16", torch.int8: "int8"}.get(dtype, str(dtype))

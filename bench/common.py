@@ -33,6 +33,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from arc_fast.dtypes import dtype_name  # noqa: F401 - the rows use the package's precision names
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = 1
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -95,8 +97,6 @@ class Timing:
     samples: list = field(default_factory=list)
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -109,6 +109,13 @@ def _quantile(sorted_vals: list, q: float) -> float:
     pos = q * (len(sorted_vals) - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def snr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """10 log10(sum ref^2 / sum (out - ref)^2) in float64: inf when identical."""
+    o, r = out.double(), ref.double()
+    noise = (o - r).pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(max(r.pow(2).sum().item(), 1e-300) / noise)
 
 
 def summarize(samples_ms: list) -> Timing:

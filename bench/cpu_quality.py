@@ -44,12 +44,10 @@ PROMPTS = ["a low sine tone at 220 Hz", "fast hi-hat pattern", "white noise", "a
 
 
 def errors(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    """{"rel": ||out - ref|| / ||ref||, "snr_db": 10 log10(sum ref^2 / sum (out - ref)^2)} in float64."""
-    out, ref = out.double(), ref.double()
-    noise = (out - ref).pow(2).sum().item()
-    power = ref.pow(2).sum().item()
-    return {"rel": math.sqrt(noise / power) if power else float("nan"),
-            "snr_db": 10 * math.log10(power / noise) if noise else float("inf")}
+    """{"rel": ||out - ref|| / ||ref||, "snr_db": ``bench.common.snr_db``} in float64."""
+    from bench.common import snr_db
+    rel = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+    return {"rel": rel, "snr_db": snr_db(out, ref)}
 
 
 def _stage_errors(pipe, ref_pipe, frames: int, seed: int = 0) -> dict:
@@ -104,18 +102,14 @@ def measure(folder: str, frames: int, prompts: list, seconds=None, log=print) ->
 
 
 def _seeded_sao_folder(frames: int, workdir: str) -> str:
-    from arc_fast.loader import build_models
     from arc_fast.pipeline import Pipeline
     from bench import configs, models
     cfg = copy.deepcopy(configs.sao_config())
     hop = int(cfg["model"]["pretransform"]["config"].get("downsampling_ratio", configs.HOP))
     cfg["sample_size"] = frames * hop
-    torch.manual_seed(0)
-    dit, ae, cond = build_models(cfg)
-    models.randomize_(dit, 1)
-    models.randomize_(ae.decoder, 2)
+    dit, ae, cond = models.seeded_models(cfg)
     folder = os.path.join(workdir, "sao")
-    Pipeline(cfg, dit.eval(), ae.eval(), cond.eval()).save(folder)
+    Pipeline(cfg, dit, ae, cond).save(folder)
     return folder
 
 

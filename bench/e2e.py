@@ -79,7 +79,7 @@ def run_cuda(ctx: Context) -> list:
     the graph rows then say that CUDA graphs need CUDA)."""
     from arc_fast.models.decoder import FastOobleckDecoder
     from arc_fast.models.dit import FastDiT
-    from arc_fast.pipeline import Pipeline, build_models
+    from arc_fast.pipeline import Pipeline
 
     quick = ctx.quick
     cfg = configs.tiny_config() if quick else configs.sao_config()
@@ -88,12 +88,7 @@ def run_cuda(ctx: Context) -> list:
     dev = ctx.device
     rows: list = ctx.collect()
     ctx.log("[e2e] building models")
-    torch.manual_seed(0)
-    ref_dit32, ae, cond_module = build_models(cfg)
-    models.randomize_(ref_dit32, 1)
-    models.randomize_(ae.decoder, 2)
-    for m in (ref_dit32, ae, cond_module):
-        m.eval().requires_grad_(False)
+    ref_dit32, ae, cond_module = models.seeded_models(cfg)
     ref_dit32.to(dev)
     ref_dec32 = ae.decoder.to(dev)
     cond_module.to(dev)

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from . import configs, models
-from .common import Context, Row, failed, rss_mb, skipped, summarize
+from .common import Context, Row, dtype_name, failed, rss_mb, skipped, snr_db, summarize
 from .e2e import PROMPT, STEPS, SUITE, _condition, _generate, _label, _rel_err
 
 PROVIDERS = ("sat", "sat-bf16", "compile", "onnx", "defaults", "fp32", "bf16", "int8", "extras")
@@ -93,11 +93,6 @@ class Unavailable(Exception):
     """The provider cannot run here; the message is the row's reason."""
 
 
-def _dname(dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "int8"}.get(dtype,
-                                                                                                       str(dtype))
-
-
 def tensor_mb(*modules: nn.Module) -> float:
     """MB held by the parameters and buffers of ``modules`` (each storage counted once)."""
     seen: dict = {}
@@ -119,9 +114,8 @@ def audio_error(out: torch.Tensor, ref: torch.Tensor) -> dict:
     o, r = out[..., :n].double(), ref[..., :n].double()
     if not bool(torch.isfinite(o).all()):
         return {"rel_err": None, "snr_db": None, "finite": False}
-    noise = (o - r).pow(2).sum().item()
-    snr = None if noise == 0 else 10 * math.log10(max(r.pow(2).sum().item(), 1e-300) / noise)
-    return {"rel_err": _rel_err(o, r), "snr_db": snr, "finite": True}
+    snr = snr_db(o, r)
+    return {"rel_err": _rel_err(o, r), "snr_db": None if math.isinf(snr) else snr, "finite": True}
 
 
 def _stage_seconds(lt) -> dict:
@@ -351,8 +345,8 @@ def _describe_pipeline(p: Provider) -> None:
     if pipe is None:
         return
     # The pipeline names its DiT precision ("int8" for torchao's int8 DiT, whose activations stay fp32).
-    dit_dt = getattr(pipe, "dit_precision", None) or _dname(getattr(pipe, "dtype", None))
-    p.precision = (dit_dt, _dname(pipe.autoencoder_dtype))
+    dit_dt = getattr(pipe, "dit_precision", None) or dtype_name(getattr(pipe, "dtype", None))
+    p.precision = (dit_dt, dtype_name(pipe.autoencoder_dtype))
     said = [n for n in getattr(pipe, "load_notes", []) if any(w in n.lower() for w in
                                                                ("dtype", "precision", "bf16", "int8", "auto",
                                                                 "thread", "fp32"))]
@@ -363,7 +357,7 @@ def _describe_pipeline(p: Provider) -> None:
 # ------------------------------------------------------------------------------------------------ the suite
 def run_cpu(ctx: Context) -> list:
     """The CPU e2e rows (see the module docstring)."""
-    from arc_fast.pipeline import Pipeline, build_models
+    from arc_fast.pipeline import Pipeline
 
     quick = ctx.quick
     sel = set(ctx.options.get("e2e_providers") or PROVIDERS)
@@ -383,12 +377,7 @@ def run_cpu(ctx: Context) -> list:
     workdir = tempfile.mkdtemp(prefix="arc-fast-bench-")
     try:
         ctx.log(f"[e2e] building seeded models ({frames} frames, {seconds:.2f} s)")
-        torch.manual_seed(0)
-        dit, ae, cond_module = build_models(cfg)
-        models.randomize_(dit, 1)
-        models.randomize_(ae.decoder, 2)
-        for m in (dit, ae, cond_module):
-            m.eval().requires_grad_(False)
+        dit, ae, cond_module = models.seeded_models(cfg)
         dec = ae.decoder
         t0 = time.perf_counter()
         folder = os.path.join(workdir, "model")

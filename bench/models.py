@@ -109,19 +109,25 @@ def dit_kwargs(cfg: dict) -> dict:
     return kw
 
 
-def build_reference(cfg: dict, seed: int, with_decoder: bool = True):
-    """(DiT, decoder, conditioner) of ``cfg`` from ``arc_fast.reference``, seeded, eval, no grad, on the CPU."""
-    from arc_fast.pipeline import build_models
+def seeded_models(cfg: dict, seed: int = 0, with_decoder: bool = True) -> tuple:
+    """(dit, autoencoder, conditioner) of ``cfg`` from ``arc_fast.reference`` with the benchmarks' seeded weights
+    (torch seed ``seed``; every DiT and decoder weight non-zero through ``randomize_``), eval, no grad, CPU."""
+    from arc_fast.loader import build_models
 
     torch.manual_seed(seed)
     dit, ae, cond = build_models(cfg)
     randomize_(dit, seed + 1)
-    dec = ae.decoder
     if with_decoder:
-        randomize_(dec, seed + 2)
-    for m in (dit, dec, cond):
+        randomize_(ae.decoder, seed + 2)
+    for m in (dit, ae, cond):
         m.eval().requires_grad_(False)
-    return dit, dec, cond
+    return dit, ae, cond
+
+
+def build_reference(cfg: dict, seed: int, with_decoder: bool = True):
+    """(DiT, decoder, conditioner) of ``seeded_models``."""
+    dit, ae, cond = seeded_models(cfg, seed, with_decoder)
+    return dit, ae.decoder, cond
 
 
 def reference_from(sat_module: nn.Module, ours_cls, kwargs: dict) -> nn.Module:
