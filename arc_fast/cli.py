@@ -28,23 +28,39 @@ class CLIError(Exception):
 MAX_FRAMES = 8192
 
 
-def _positive_float(s: str) -> float:
+def _parse(kind, s: str):
+    """float(s) / int(s), or the one-line argparse error that names what was expected."""
     try:
-        v = float(s)
+        return kind(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}")
+        raise argparse.ArgumentTypeError(f"not {'a number' if kind is float else 'an integer'}: {s!r}") from None
+
+
+def _finite_float(s: str) -> float:
+    v = _parse(float, s)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = _parse(float, s)
     if not math.isfinite(v) or not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {s}")
     return v
 
 
-def _finite_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}")
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+def _unit_interval(s: str) -> float:
+    v = _positive_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def _positive_int(s: str) -> int:
+    v = _parse(int, s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
     return v
 
 
@@ -58,29 +74,9 @@ def _bounded_int(upper: int, why: str):
 
 
 def _seed(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}")
+    v = _parse(int, s)
     if not SEED_RANGE[0] <= v < SEED_RANGE[1]:  # what torch.Generator.manual_seed accepts
         raise argparse.ArgumentTypeError(f"must be an integer in [-2**63, 2**64), got {s}")
-    return v
-
-
-def _unit_interval(s: str) -> float:
-    v = _positive_float(s)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
-    return v
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
     return v
 
 

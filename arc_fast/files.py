@@ -164,22 +164,18 @@ class _InertUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opco
             raise HostilePickleError(f"{what} on {_describe(obj)} refused")
         return obj
 
-    def _load_appends(self):
-        items = self.pop_mark()
+    def _extend(self, items) -> None:
         target = self._container(self.stack[-1], "append")
-        if isinstance(target, (list, _Opaque)):
-            target.extend(items)
-        else:
+        if not isinstance(target, (list, _Opaque)):
             raise HostilePickleError(f"append on {_describe(target)} refused")
+        target.extend(items)
+
+    def _load_appends(self):
+        self._extend(self.pop_mark())
     dispatch[pickle.APPENDS[0]] = _load_appends
 
     def _load_append(self):
-        value = self.stack.pop()
-        target = self._container(self.stack[-1], "append")
-        if isinstance(target, (list, _Opaque)):
-            target.append(value)
-        else:
-            raise HostilePickleError(f"append on {_describe(target)} refused")
+        self._extend([self.stack.pop()])
     dispatch[pickle.APPEND[0]] = _load_append
 
     def _load_setitems(self):
