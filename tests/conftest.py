@@ -23,3 +23,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture
 def device():
     return DEVICE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of micro-model tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core machine their tiny matmuls only make OpenMP threads contend (10x slower, measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

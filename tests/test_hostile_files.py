@@ -27,12 +27,7 @@ from arc_fast.pipeline import load_pipeline
 from test_loader import micro_config, random_pipeline, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: micro models run on one thread
 
 
 # --------------------------------------------------------------------------------------- hostile pickles

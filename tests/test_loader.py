@@ -22,13 +22,7 @@ from arc_fast.pipeline import build_pipeline, load_pipeline
 _CALLED = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Micro models: OpenMP threads only contend with each other on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: micro models run on one thread
 
 
 def micro_config(text: bool = True, objective: str = "rectified_flow", arc: bool | None = True) -> dict:

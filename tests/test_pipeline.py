@@ -127,12 +127,7 @@ def test_lightning_wrapped_checkpoint_loads(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- micro models
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: micro models run on one thread
 
 
 @pytest.fixture(scope="module")

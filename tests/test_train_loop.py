@@ -39,13 +39,7 @@ def randomize_(module, seed=0, scale=0.1):
             p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls: OpenMP threads only contend with each other (10x slower on a shared 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: micro models run on one thread
 
 
 def random_pipeline(depth: int = 2, heads: int = 2):
